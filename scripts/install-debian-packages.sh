@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages mailglue's daemons and tests need.
+# Non-interactive and idempotent: a second run installs nothing.
+set -euo pipefail
+
+packages=(
+  postfix cyrus-imapd cyrus-admin cyrus-clients sasl2-bin
+  spamd spamassassin spamc clamav-daemon clamav-testfiles
+  slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
+  python3-dev python3-venv gcc make supervisor openssl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  echo "debian packages: all present"
+  exit 0
+fi
+
+echo "debian packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+debconf-set-selections <<'SEL'
+postfix postfix/main_mailer_type select No configuration
+postfix postfix/mailname string localhost
+slapd slapd/domain string example.org
+slapd shared/organization string mailglue
+slapd slapd/password1 password mailglue-install-only
+slapd slapd/password2 password mailglue-install-only
+slapd slapd/no_configuration boolean false
+SEL
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
