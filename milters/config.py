@@ -1,0 +1,154 @@
+"""The scan milter's config file (YAML), loaded into typed, validated objects.
+
+Every key has a default that is safe on a single host; see README.md "Configuration" for the
+reference. Problems are collected and reported together, each naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from milters.backend import Address, AddressError, parse_address
+from milters.configkit import ConfigError, ConfigReader, load_yaml
+
+FAILURE_POLICIES = ("tempfail", "accept")
+OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class SpamConfig:
+    backends: tuple[Address, ...] = (Address("inet", host="127.0.0.1", port=783),)
+    timeout: float = 60.0
+    tag_above: Decimal = Decimal("3.0")
+    reject_at: Decimal = Decimal("5.0")
+    max_size: int = 512 * 1024
+    on_failure: str = "tempfail"
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class VirusConfig:
+    backends: tuple[Address, ...] = (Address("unix", path="/run/clamav/clamd.ctl"),)
+    timeout: float = 60.0
+    max_size: int = 25 * 1024 * 1024
+    on_failure: str = "tempfail"
+    on_oversize: str = "reject"
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    listen: str = "inet:127.0.0.1:8891"
+    hostname: str = field(default_factory=socket.getfqdn)
+    time_budget: float = 240.0
+    keepalive_interval: float = 10.0
+    spool_memory_limit: int = 1024 * 1024
+    spool_dir: str | None = None
+    spam: SpamConfig = field(default_factory=SpamConfig)
+    virus: VirusConfig = field(default_factory=VirusConfig)
+    log_file: str | None = None
+    source: str = "<defaults>"
+
+
+def _addresses(reader: ConfigReader, key: str, default: tuple[Address, ...]) -> tuple[Address, ...]:
+    texts = reader.text_list(key, [str(a) for a in default])
+    addresses = []
+    for text in texts:
+        try:
+            addresses.append(parse_address(text))
+        except AddressError as exc:
+            reader.problem(key, str(exc))
+    if not texts:
+        reader.problem(key, "needs at least one backend")
+    return tuple(addresses) or default
+
+
+def _spam(reader: ConfigReader) -> SpamConfig:
+    d = SpamConfig()
+    spam = SpamConfig(
+        backends=_addresses(reader, "backends", d.backends),
+        timeout=reader.seconds("timeout", d.timeout),
+        tag_above=reader.decimal("tag_above", d.tag_above),
+        reject_at=reader.decimal("reject_at", d.reject_at),
+        max_size=reader.integer("max_size", d.max_size, minimum=1024),
+        on_failure=reader.choice("on_failure", d.on_failure, FAILURE_POLICIES),
+        user=reader.optional_text("user"),
+    )
+    if spam.tag_above >= spam.reject_at:
+        reader.problem(
+            "tag_above",
+            f"must be below {reader.key_path('reject_at')} ({spam.reject_at}), "
+            f"got {spam.tag_above}: nothing could ever be tagged",
+        )
+    reader.finish()
+    return spam
+
+
+def _virus(reader: ConfigReader) -> VirusConfig:
+    d = VirusConfig()
+    virus = VirusConfig(
+        backends=_addresses(reader, "backends", d.backends),
+        timeout=reader.seconds("timeout", d.timeout),
+        max_size=reader.integer("max_size", d.max_size, minimum=1024),
+        on_failure=reader.choice("on_failure", d.on_failure, FAILURE_POLICIES),
+        on_oversize=reader.choice("on_oversize", d.on_oversize, OVERSIZE_POLICIES),
+    )
+    reader.finish()
+    return virus
+
+
+def parse_config(source: str, data: object) -> MilterConfig:
+    top = ConfigReader(source, data)
+    d = MilterConfig(hostname="")
+    milter = top.section("milter")
+    listen = milter.text("listen", d.listen)
+    try:
+        parse_address(listen)
+    except AddressError as exc:
+        milter.problem("listen", str(exc))
+    hostname = milter.optional_text("hostname") or socket.getfqdn()
+    time_budget = milter.seconds("time_budget", d.time_budget, minimum=1.0)
+    keepalive = milter.seconds("keepalive_interval", d.keepalive_interval, minimum=0.1)
+    if keepalive >= time_budget:
+        milter.problem("keepalive_interval", f"must be below milter.time_budget ({time_budget})")
+    spool_memory_limit = milter.integer("spool_memory_limit", d.spool_memory_limit, minimum=0)
+    spool_dir = milter.optional_text("spool_dir")
+    if spool_dir is not None and not Path(spool_dir).is_dir():
+        milter.problem("spool_dir", f"{spool_dir} is not a directory")
+    milter.finish()
+    log = top.section("log")
+    log_file = log.optional_text("file")
+    log.finish()
+    config = MilterConfig(
+        listen=listen,
+        hostname=hostname,
+        time_budget=time_budget,
+        keepalive_interval=keepalive,
+        spool_memory_limit=spool_memory_limit,
+        spool_dir=spool_dir,
+        spam=_spam(top.section("spam")),
+        virus=_virus(top.section("virus")),
+        log_file=log_file,
+        source=source,
+    )
+    top.finish()
+    if top.problems:
+        raise ConfigError(top.problems)
+    return config
+
+
+def load_config(path: str | Path) -> MilterConfig:
+    source, data = load_yaml(path)
+    return parse_config(source, data)
+
+
+def pymilter_socket(listen: str) -> str:
+    """Postfix's `inet:127.0.0.1:8891` -> libmilter's `inet:8891@127.0.0.1`."""
+    address = parse_address(listen)
+    if address.family == "unix":
+        return f"unix:{address.path}"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    family = "inet6" if ":" in address.host else "inet"
+    return f"{family}:{address.port}@{host}"

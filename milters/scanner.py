@@ -1,0 +1,135 @@
+"""Runs clamd and spamd on one message, in parallel, within the transaction's time budget.
+
+The milter thread stays in `scan()` and calls `keepalive()` (smfi_progress) while it waits,
+so Postfix does not give up on us during a slow scan. Backend errors never escape: each
+becomes an `Unscanned` result that the verdict turns into the configured policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from milters import clamd, spamc
+from milters.backend import BackendUnavailable
+from milters.config import MilterConfig
+from milters.spool import Spool
+from milters.verdict import Clean, Infected, SkipCause, SpamCheck, SpamScore, Unscanned, VirusCheck
+
+Result = TypeVar("Result", VirusCheck, SpamCheck)
+
+
+@dataclass
+class ScanReport:
+    virus: VirusCheck
+    spam: SpamCheck
+    timings_ms: dict[str, int] = field(default_factory=dict)
+    spamd_backend: str = ""
+    clamd_backend: str = ""
+    spam_precise: bool = True
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, BackendUnavailable):
+        return f"unreachable ({exc})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class Scanner:
+    def __init__(self, config: MilterConfig, workers: int = 32) -> None:
+        self.config = config
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _virus(self, prefix: bytes, spool: Spool, report: ScanReport) -> VirusCheck:
+        conf = self.config.virus
+        started = time.monotonic()
+        try:
+            with spool.reader() as body:
+                result = clamd.scan(conf.backends, body, conf.timeout, prefix=(prefix,))
+        except clamd.ClamdSizeLimit as exc:
+            return Unscanned("clamd", SkipCause.OVERSIZE, str(exc))
+        except (OSError, clamd.ClamdError) as exc:
+            return Unscanned("clamd", SkipCause.FAILED, _describe(exc))
+        finally:
+            report.timings_ms["clamd"] = int((time.monotonic() - started) * 1000)
+        report.clamd_backend = result.backend
+        return Infected(result.signature) if result.signature else Clean()
+
+    def _spam(self, prefix: bytes, spool: Spool, report: ScanReport) -> SpamCheck:
+        conf = self.config.spam
+        started = time.monotonic()
+        try:
+            with spool.reader() as body:
+                result = spamc.check(
+                    conf.backends, body, spool.size, conf.timeout, conf.user, prefix=(prefix,)
+                )
+        except (OSError, spamc.SpamdError) as exc:
+            return Unscanned("spamd", SkipCause.FAILED, _describe(exc))
+        finally:
+            report.timings_ms["spamd"] = int((time.monotonic() - started) * 1000)
+        report.spamd_backend = result.backend
+        report.spam_precise = result.precise
+        return SpamScore(result.score, result.tests)
+
+    def scan(
+        self, prefix: bytes, spool: Spool, deadline: float, keepalive: Callable[[], None]
+    ) -> ScanReport:
+        """Scan `prefix + spool` (headers + body) with both backends before `deadline`."""
+        size = len(prefix) + spool.size
+        report = ScanReport(virus=Clean(), spam=Unscanned("spamd", SkipCause.FAILED, "pending"))
+        started = time.monotonic()
+        virus_job: Future[VirusCheck] | None = None
+        spam_job: Future[SpamCheck] | None = None
+        if size > self.config.virus.max_size:
+            report.virus = Unscanned(
+                "clamd",
+                SkipCause.OVERSIZE,
+                f"message size {size} above virus.max_size {self.config.virus.max_size}",
+            )
+        else:
+            virus_job = self._pool.submit(self._virus, prefix, spool, report)
+        if size > self.config.spam.max_size:
+            report.spam = Unscanned(
+                "spamd",
+                SkipCause.OVERSIZE,
+                f"not scored: message size {size} above spam.max_size {self.config.spam.max_size}",
+            )
+        else:
+            spam_job = self._pool.submit(self._spam, prefix, spool, report)
+
+        pending: set[Future[Any]] = {job for job in (virus_job, spam_job) if job is not None}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            _, pending = wait(
+                pending,
+                timeout=min(remaining, self.config.keepalive_interval),
+                return_when=FIRST_COMPLETED,
+            )
+            if pending:
+                keepalive()
+        if virus_job is not None:
+            report.virus = _outcome(virus_job, "clamd")
+        if spam_job is not None:
+            report.spam = _outcome(spam_job, "spamd")
+        report.timings_ms["scan"] = int((time.monotonic() - started) * 1000)
+        return report
+
+
+def _outcome(job: Future[Result], backend: str) -> Result | Unscanned:
+    """The job's result, or `Unscanned` if the budget ran out first (the job is abandoned)."""
+    if job.done():
+        return job.result()
+    job.cancel()
+    return Unscanned(backend, SkipCause.FAILED, "time budget exhausted")
