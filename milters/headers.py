@@ -60,8 +60,8 @@ def received_header(
     value = f"from {helo} ({name} [{client.addr or 'unknown'}])\n\tby {by_host} (Postfix)"
     value += f" with {protocol} id {queue_id or 'unknown'}"
     if len(recipients) == 1:
-        value += f"\n\tfor {recipients[0]}"
-    value += f"; {format_datetime(when)}"
+        value += f"\n\tfor <{recipients[0]}>"
+    value += f"; {format_datetime(when)} ({when.tzname() or 'UTC'})"
     return ("Received", value)
 
 

@@ -110,8 +110,10 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.client_name = hostname or ""
-        if isinstance(hostaddr, tuple) and hostaddr:
+        if isinstance(hostaddr, tuple) and hostaddr:  # (ip, port) for inet and inet6
             self.client_addr = str(hostaddr[0])
+        elif isinstance(hostaddr, str):
+            self.client_addr = hostaddr
         return Milter.CONTINUE  # type: ignore[no-any-return]
 
     def hello(self, heloname: str) -> int:

@@ -7,6 +7,7 @@ a 50 MB message then lives once on disk rather than several times in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
@@ -18,6 +19,7 @@ class Spool:
         self.memory_limit = memory_limit
         self.directory = directory
         self.size = 0
+        self.digest = hashlib.sha256()  # of the body, for a content-derived Message-ID
         self._memory = bytearray()
         self._file: BinaryIO | None = None
         self._path: str | None = None
@@ -28,6 +30,7 @@ class Spool:
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        self.digest.update(chunk)
         if self._file is None and len(self._memory) + len(chunk) <= self.memory_limit:
             self._memory += chunk
             return

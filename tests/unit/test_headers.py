@@ -50,7 +50,7 @@ def test_received_header_like_postfix() -> None:
     assert name == "Received"
     assert value == (
         "from helo.example (client.example [192.0.2.7])\n\tby mx.example.org (Postfix) "
-        "with ESMTP id 4AbC\n\tfor a@example.org; Fri, 27 Nov 2026 09:00:00 +0000"
+        "with ESMTP id 4AbC\n\tfor <a@example.org>; Fri, 27 Nov 2026 09:00:00 +0000 (UTC)"
     )
     tls_auth = ClientInfo(addr="1.2.3.4", tls="TLSv1.3", auth_user="alice")
     _, value = received_header(tls_auth, "mx", "Q", ["a", "b"], when)

@@ -1,0 +1,153 @@
+"""The scan milter's callback flow under pymilter's TestCtx, with the scanner stood in for.
+
+Real spamd/clamd/Postfix are exercised in tests/integration; here we pin down what the
+pymilter shell does with a given scan result: which headers it deletes and adds, which
+reply it sets, and that a bug inside end-of-message becomes a 451, never a pass.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import Milter
+from Milter.testctx import TestCtx
+
+from milters.config import parse_config
+from milters.jsonlog import EventLog
+from milters.scan_milter import MilterService, ScanMilter
+from milters.scanner import ScanReport
+from milters.spool import Spool
+from milters.verdict import Clean, Infected, SkipCause, SpamScore, Unscanned
+
+TestCtx.__test__ = False  # pymilter's class, not a test
+
+MESSAGE = (
+    b"From: bob@example.net\n"
+    b"To: alice@example.org\n"
+    b"Subject: hello\n"
+    b"Message-ID: <m1@example.net>\n"
+    b"X-Spam-Flag: NO\n"
+    b"X-Spam-Status: No, score=-100\n"
+    b"x-spam-status: forged twice\n"
+    b"\n"
+    b"Body text.\n"
+)
+
+
+class RecordingCtx(TestCtx):  # type: ignore[misc]
+    """TestCtx deletes on '' but libmilter (and Postfix) delete on None: record both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, int, str | None]] = []
+        self.added: list[tuple[str, str]] = []
+        self.progress_calls = 0
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        self.changes.append((field, idx, value))
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.added.append((field, value))
+
+    def progress(self) -> None:
+        self.progress_calls += 1
+
+
+class StubScanner:
+    def __init__(self, make_report: Callable[[], ScanReport]) -> None:
+        self.make_report = make_report
+        self.prefixes: list[bytes] = []
+
+    def scan(
+        self, prefix: bytes, spool: Spool, deadline: float, keepalive: Callable[[], None]
+    ) -> ScanReport:
+        self.prefixes.append(prefix)
+        keepalive()
+        return self.make_report()
+
+
+def run(
+    make_report: Callable[[], ScanReport], **config: Any
+) -> tuple[RecordingCtx, int, list[dict[str, Any]], StubScanner]:
+    out = io.StringIO()
+    scanner = StubScanner(make_report)
+    service = MilterService(parse_config("test.yaml", config), scanner, EventLog(stream=out))  # type: ignore[arg-type]
+    ctx = RecordingCtx()
+    Milter.factory = lambda: ScanMilter(service)
+    assert ctx._connect(host="client.example", helo="helo.example", ip="192.0.2.7") == (
+        Milter.CONTINUE
+    )
+    result = ctx._feedFile(io.BytesIO(MESSAGE), "bob@example.net", "alice@example.org")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    return ctx, result, events, scanner
+
+
+def clean_report(score: str = "0.5") -> ScanReport:
+    return ScanReport(Clean(), SpamScore(Decimal(score), (("MG", Decimal(score)),)))
+
+
+def test_accept_removes_every_forged_copy_and_adds_ours() -> None:
+    ctx, result, events, _ = run(lambda: clean_report("4.0"))
+    assert result == Milter.ACCEPT
+    deleted = sorted((name.lower(), idx) for name, idx, value in ctx.changes if value is None)
+    assert deleted == [("x-spam-flag", 1), ("x-spam-status", 1), ("x-spam-status", 2)]
+    assert ctx.added == [
+        ("X-Virus-Scanned", "clean (clamd)"),
+        ("X-Spam-Status", "Yes, score=4.0 required=3.0 tests=MG=4.0"),
+        ("X-Spam-Flag", "YES"),
+        ("X-Spam-Level", "****"),
+    ]
+    assert ctx.progress_calls == 1
+    (event,) = events
+    assert event["event"] == "transaction" and event["action"] == "accept"
+    assert event["spam"]["score"] == 4.0 and event["message_id"] == "<m1@example.net>"
+    assert event["sender"] == "bob@example.net"
+    assert event["recipients"] == [{"address": "alice@example.org"}]
+
+
+def test_scanned_copy_has_a_received_line_and_no_forged_headers() -> None:
+    _, _, _, scanner = run(clean_report)
+    (prefix,) = scanner.prefixes
+    assert prefix.startswith(b"Received: from helo.example (client.example [192.0.2.7])\r\n")
+    assert b"X-Spam" not in prefix and b"x-spam" not in prefix
+    assert prefix.endswith(b"Message-ID: <m1@example.net>\r\n\r\n")
+
+
+def test_spam_is_rejected_with_the_score() -> None:
+    ctx, result, events, _ = run(lambda: clean_report("1000"))
+    assert result == Milter.REJECT
+    assert ctx._reply == ("550", "5.7.1", "Message rejected as spam (score 1000.0)")
+    assert ctx.added == [] and ctx.changes == []
+    assert events[-1]["reply"] == "550 5.7.1 Message rejected as spam (score 1000.0)"
+
+
+def test_virus_reply_escapes_percent_for_libmilter() -> None:
+    ctx, result, _, _ = run(lambda: ScanReport(Infected("Odd%Name"), SpamScore(Decimal(0), ())))
+    assert result == Milter.REJECT
+    assert ctx._reply == ("554", "5.7.1", "Message rejected: virus found (Odd%%Name)")
+
+
+def test_backend_down_tempfails() -> None:
+    down = Unscanned("spamd", SkipCause.FAILED, "connection refused")
+    ctx, result, events, _ = run(lambda: ScanReport(Clean(), down))
+    assert result == Milter.TEMPFAIL
+    assert ctx._reply[0] == "451"
+    assert events[-1]["spam"] == {"unscanned": "failed", "reason": "connection refused"}
+
+
+def test_a_bug_in_the_filter_tempfails_and_is_logged() -> None:
+    def broken() -> ScanReport:
+        raise RuntimeError("boom")
+
+    ctx, result, events, _ = run(broken)
+    assert result == Milter.TEMPFAIL
+    assert ctx._reply == (
+        "451",
+        "4.3.0",
+        "Temporary error in the mail filter, please try again later",
+    )
+    assert events[-1]["error"] == "RuntimeError: boom" and events[-1]["action"] == "tempfail"
