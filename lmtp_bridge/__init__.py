@@ -1,0 +1,61 @@
+"""LMTP delivery for mailglue: a client that returns one reply per recipient, recipient →
+backend routing, and the pure fold rule that turns those replies into one milter reply.
+
+Imports nothing from `milters/`; the milters use this package.
+"""
+
+from lmtp_bridge.address import (
+    BackendAddress,
+    BackendAddressError,
+    InetAddress,
+    UnixAddress,
+    parse_backend_address,
+)
+from lmtp_bridge.client import (
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    DeliveryResult,
+    LmtpClient,
+    Timeouts,
+    Timings,
+)
+from lmtp_bridge.fold import Action, FoldDecision, Mode, RecipientLog, RecipientOutcome, Rule, fold
+from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
+from lmtp_bridge.protocol import AddressError, RecipientReply, Stage
+from lmtp_bridge.replies import MalformedReply, Reply, ReplyParser
+from lmtp_bridge.routing import NoRoute, RoutePlan, Router
+
+__all__ = [
+    "Action",
+    "AddressError",
+    "BackendAddress",
+    "BackendAddressError",
+    "BackendProtocolError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "DeliveryResult",
+    "FoldDecision",
+    "InetAddress",
+    "LmtpClient",
+    "MalformedReply",
+    "Mode",
+    "NoRoute",
+    "NotAttempted",
+    "NotAttemptedReason",
+    "Outcome",
+    "RecipientLog",
+    "RecipientOutcome",
+    "RecipientReply",
+    "Reply",
+    "ReplyParser",
+    "RoutePlan",
+    "Router",
+    "Rule",
+    "Stage",
+    "Timeouts",
+    "Timings",
+    "UnixAddress",
+    "fold",
+    "parse_backend_address",
+]

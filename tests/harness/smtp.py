@@ -1,0 +1,78 @@
+"""An SMTP client for tests that returns every reply instead of raising on 4xx/5xx.
+
+Tests assert the exact reply a sender gets (451 4.x.x, 550 5.1.1, 554 5.7.1, ...), per
+recipient and for DATA, so smtplib's exceptions would be in the way.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+NO_REPLY = -1
+"""Pseudo code when the server closed the connection instead of replying."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 enhanced status code, e.g. "5.1.1", if the text starts with one."""
+        m = _ENHANCED.match(self.text)
+        return m.group(1) if m else None
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+@dataclass
+class Transaction:
+    """All replies of one mail transaction; `data` is None if DATA was never sent."""
+
+    mail: Reply
+    rcpt: dict[str, Reply] = field(default_factory=dict)
+    data: Reply | None = None
+
+    @property
+    def accepted(self) -> list[str]:
+        return [r for r, reply in self.rcpt.items() if reply.code // 100 == 2]
+
+
+def _reply(code: int, msg: bytes | str) -> Reply:
+    text = msg.decode("utf-8", "replace") if isinstance(msg, bytes) else msg
+    return Reply(code, text.replace("\n", " "))
+
+
+def send(
+    address: tuple[str, int],
+    sender: str,
+    recipients: Sequence[str],
+    message: bytes,
+    helo: str = "client.relay.test",
+    timeout: float = 120,
+) -> Transaction:
+    """One SMTP transaction; the message goes verbatim (smtplib only dot-stuffs bytes)."""
+    with smtplib.SMTP(timeout=timeout) as smtp:
+        smtp.connect(*address)
+        smtp.ehlo(helo)
+        tx = Transaction(Reply(NO_REPLY, "MAIL not sent"))
+        try:
+            tx.mail = _reply(*smtp.mail(sender))
+            if tx.mail.code // 100 != 2:
+                return tx
+            for rcpt in recipients:
+                tx.rcpt[rcpt] = _reply(*smtp.rcpt(rcpt))
+            if tx.accepted:
+                try:
+                    tx.data = _reply(*smtp.data(message))
+                except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+                    tx.data = _reply(exc.smtp_code, exc.smtp_error)
+        except smtplib.SMTPServerDisconnected as exc:
+            tx.data = Reply(NO_REPLY, f"disconnected: {exc}")
+        return tx
