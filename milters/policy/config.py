@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 PROBE_FIELDS = ("uid", "address", "local", "domain")
+DEFAULT_LMTP = Address("unix", path="/run/cyrus/socket/lmtp")  # Debian's cyrus-imapd socket
 
 
 class Secret:
@@ -72,7 +73,7 @@ class LdapConfig:
 
 @dataclass(frozen=True)
 class MailboxConfig:
-    lmtp: Address = Address("unix", path="/run/cyrus/socket/lmtp")
+    lmtp: Address = DEFAULT_LMTP
     probe_recipient: str = "{uid}"
     helo: str = field(default_factory=socket.getfqdn)
     timeout: float = 5.0

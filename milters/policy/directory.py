@@ -1,0 +1,155 @@
+"""User lookups in LDAP (python-ldap), blocking; the server calls them from worker threads.
+
+Every value put into a filter goes through `escape_filter_chars`, so `*`, `)(` or a NUL in an
+address from the SMTP client match literally and find nobody. Connections are pooled (one per
+busy thread at most), rebuilt after any error, and a dead pooled connection is retried once on
+a fresh one, so an LDAP restart costs no deferrals. Failures surface as DirectoryUnavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import ldap
+import ldap.filter
+
+from milters.policy.config import LdapConfig
+from milters.policy.decide import User
+
+__all__ = ["DirectoryUnavailable", "LdapDirectory", "user_filter"]
+
+
+class DirectoryUnavailable(Exception):
+    """LDAP could not give a trustworthy answer (down, slow, refused the bind, ambiguous data)."""
+
+
+def user_filter(base_filter: str, attributes: Iterable[str], value: str) -> str:
+    """`(&BASE(|(a1=v)(a2=v)))` with v escaped: the only place a filter is built."""
+    escaped = ldap.filter.escape_filter_chars(value)
+    alternatives = "".join(f"({attr}={escaped})" for attr in attributes)
+    return f"(&{base_filter}(|{alternatives}))"
+
+
+def _text(values: Iterable[bytes]) -> list[str]:
+    return [v.decode("utf-8", "replace") for v in values]
+
+
+class LdapDirectory:
+    """Finds users by address (recipient check) or by login (sender check)."""
+
+    def __init__(self, config: LdapConfig) -> None:
+        self.config = config
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def find_by_address(self, address: str) -> User | None:
+        return self._find(self.config.address_attributes, address)
+
+    def find_by_login(self, login: str) -> User | None:
+        return self._find(self.config.login_attributes, login)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, [], True
+        for conn in idle:
+            self._unbind(conn)
+
+    def _find(self, attributes: tuple[str, ...], value: str) -> User | None:
+        search = user_filter(self.config.user_filter, attributes, value)
+        for attempt in (1, 2):
+            conn = self._acquire()
+            try:
+                entries = self._search(conn, search)
+            except ldap.SIZELIMIT_EXCEEDED as exc:
+                self._release(conn)
+                raise DirectoryUnavailable(f"{value!r} belongs to several entries") from exc
+            except ldap.SERVER_DOWN as exc:
+                self._unbind(conn)
+                if attempt == 2:
+                    raise DirectoryUnavailable(f"{self.config.uri}: {_describe(exc)}") from exc
+                continue  # a pooled connection the server had dropped: once more, fresh
+            except ldap.LDAPError as exc:
+                self._unbind(conn)
+                raise DirectoryUnavailable(f"{self.config.uri}: {_describe(exc)}") from exc
+            self._release(conn)
+            return self._user(entries, value)
+        raise AssertionError("unreachable")
+
+    def _search(self, conn: Any, search: str) -> list[tuple[str, dict[str, list[bytes]]]]:
+        attrs = [self.config.uid_attribute, *self.config.address_attributes]
+        result = conn.search_ext_s(
+            self.config.base,
+            ldap.SCOPE_SUBTREE,
+            search,
+            attrlist=attrs,
+            timeout=self.config.timeout,
+            sizelimit=2,
+        )
+        return [(dn, attrs) for dn, attrs in result if dn is not None]  # skip referrals
+
+    def _user(self, entries: list[tuple[str, dict[str, list[bytes]]]], value: str) -> User | None:
+        if not entries:
+            return None
+        if len(entries) > 1:
+            dns = ", ".join(dn for dn, _ in entries)
+            raise DirectoryUnavailable(f"{value!r} belongs to several entries: {dns}")
+        dn, attrs = entries[0]
+        uids = _text(attrs.get(self.config.uid_attribute, []))
+        if not uids:
+            raise DirectoryUnavailable(f"{dn} has no {self.config.uid_attribute} attribute")
+        addresses: list[str] = []
+        for attr in self.config.address_attributes:
+            addresses += (a.strip().lower() for a in _text(attrs.get(attr, [])))
+        return User(uid=uids[0], addresses=tuple(dict.fromkeys(addresses)))
+
+    def _acquire(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _release(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        self._unbind(conn)
+
+    def _connect(self) -> Any:
+        c = self.config
+        try:
+            conn = ldap.initialize(c.uri)
+            conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
+            conn.set_option(ldap.OPT_REFERRALS, 0)
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, c.timeout)
+            conn.set_option(ldap.OPT_TIMEOUT, c.timeout)
+            if c.tls_ca_file:
+                conn.set_option(ldap.OPT_X_TLS_CACERTFILE, c.tls_ca_file)
+                conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
+                conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+            if c.starttls:
+                conn.start_tls_s()
+            if c.bind_dn is not None:
+                password = c.bind_password.reveal() if c.bind_password is not None else ""
+                conn.simple_bind_s(c.bind_dn, password)
+        except ldap.LDAPError as exc:
+            raise DirectoryUnavailable(f"{c.uri}: {_describe(exc)}") from exc
+        return conn
+
+    @staticmethod
+    def _unbind(conn: Any) -> None:
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_s()
+
+
+def _describe(exc: BaseException) -> str:
+    """python-ldap puts a dict in args[0]; keep its human parts."""
+    info = exc.args[0] if exc.args else None
+    if isinstance(info, dict):
+        parts = [str(info.get(k)) for k in ("desc", "info") if info.get(k)]
+        return f"{type(exc).__name__}: {'; '.join(parts)}"
+    return f"{type(exc).__name__}: {exc}"
