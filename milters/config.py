@@ -38,6 +38,28 @@ class VirusConfig:
     on_oversize: str = "reject"
 
 
+DELIVERY_MODES = ("queue", "lmtp")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How accepted mail reaches the mailboxes.
+
+    `queue`: Postfix queues it and delivers with its own transport (the classic setup).
+    `lmtp`: the milter delivers to Cyrus over LMTP before answering, so the client's 250
+    comes only after Cyrus has the message (delivery-confirmed acceptance).
+    """
+
+    mode: str = "queue"
+    local_domains: tuple[str, ...] = ()
+    lmtp_backend: str = "unix:/var/run/cyrus/socket/lmtp"
+    domain_backends: dict[str, str] = field(default_factory=dict)
+    strict: bool = False
+    connect_timeout: float = 10.0
+    command_timeout: float = 30.0
+    final_timeout: float = 120.0
+
+
 @dataclass(frozen=True)
 class MilterConfig:
     listen: str = "inet:127.0.0.1:8891"
@@ -48,6 +70,7 @@ class MilterConfig:
     spool_dir: str | None = None
     spam: SpamConfig = field(default_factory=SpamConfig)
     virus: VirusConfig = field(default_factory=VirusConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log_file: str | None = None
     source: str = "<defaults>"
 
@@ -99,6 +122,32 @@ def _virus(reader: ConfigReader) -> VirusConfig:
     return virus
 
 
+def _delivery(reader: ConfigReader) -> DeliveryConfig:
+    d = DeliveryConfig()
+    delivery = DeliveryConfig(
+        mode=reader.choice("mode", d.mode, DELIVERY_MODES),
+        local_domains=tuple(x.lower().rstrip(".") for x in reader.text_list("local_domains", ())),
+        lmtp_backend=reader.text("lmtp_backend", d.lmtp_backend),
+        domain_backends={k.lower(): v for k, v in reader.mapping("domain_backends").items()},
+        strict=reader.boolean("strict", d.strict),
+        connect_timeout=reader.seconds("connect_timeout", d.connect_timeout),
+        command_timeout=reader.seconds("command_timeout", d.command_timeout),
+        final_timeout=reader.seconds("final_timeout", d.final_timeout),
+    )
+    for key, text in [
+        ("lmtp_backend", delivery.lmtp_backend),
+        *(("domain_backends", v) for v in delivery.domain_backends.values()),
+    ]:
+        try:
+            parse_address(text)
+        except AddressError as exc:
+            reader.problem(key, str(exc))
+    if delivery.mode == "lmtp" and not delivery.local_domains:
+        reader.problem("local_domains", "mode lmtp needs the domains delivered to Cyrus")
+    reader.finish()
+    return delivery
+
+
 def parse_config(source: str, data: object) -> MilterConfig:
     top = ConfigReader(source, data)
     d = MilterConfig(hostname="")
@@ -130,6 +179,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
         spool_dir=spool_dir,
         spam=_spam(top.section("spam")),
         virus=_virus(top.section("virus")),
+        delivery=_delivery(top.section("delivery")),
         log_file=log_file,
         source=source,
     )

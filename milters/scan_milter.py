@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import Milter
 
+from lmtp_bridge import Action as FoldAction
+from lmtp_bridge import FoldDecision, Mode, fold
 from milters.config import MilterConfig, pymilter_socket
-from milters.headers import ClientInfo, is_owned, owned_deletions, received_header, render
+from milters.delivery import Deliverer
+from milters.headers import (
+    ClientInfo,
+    content_message_id,
+    is_owned,
+    owned_deletions,
+    received_header,
+    render,
+)
 from milters.jsonlog import EventLog
 from milters.scanner import Scanner, ScanReport
-from milters.spool import Spool
+from milters.spool import Spool, message_stream
 from milters.verdict import (
     Action,
     Infected,
@@ -31,6 +44,7 @@ from milters.verdict import (
     decide,
 )
 
+T = TypeVar("T")
 MILTER_FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT
 ERROR_REPLY = SmtpReply(
     "451", "4.3.0", "Temporary error in the mail filter, please try again later"
@@ -44,6 +58,10 @@ class MilterService:
     config: MilterConfig
     scanner: Scanner
     log: EventLog
+    deliverer: Deliverer | None = None  # None: delivery.mode queue
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="lmtp")
+    )
 
     @property
     def policy(self) -> VerdictPolicy:
@@ -206,14 +224,28 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
     def _scan(self, queue_id: str, client: ClientInfo) -> tuple[Verdict, ScanReport]:
         assert self.spool is not None
         config = self.service.config
-        deadline = self.started + config.time_budget
-        received = received_header(
-            client, config.hostname, queue_id, [bare(r) for r in self.recipients], datetime.now(UTC)
+        self.deadline = self.started + config.time_budget
+        self.received = received_header(
+            client,
+            config.hostname,
+            queue_id,
+            [bare(r) for r in self.recipients],
+            datetime.now(UTC),
         )
-        kept = [(n, v) for n, v in self.headers if not is_owned(n)]
-        prefix = render([received, *kept]) + b"\r\n"
-        report = self.service.scanner.scan(prefix, self.spool, deadline, self.progress)
+        self.kept = [(n, v) for n, v in self.headers if not is_owned(n)]
+        prefix = render([self.received, *self.kept]) + b"\r\n"
+        report = self.service.scanner.scan(prefix, self.spool, self.deadline, self.progress)
         return decide(report.virus, report.spam, self.service.policy), report
+
+    def _missing_message_id(self) -> list[tuple[str, str]]:
+        """A content-derived Message-ID if the message has none, so retries dedupe in Cyrus."""
+        assert self.spool is not None
+        if any(n.lower() == "message-id" for n, _ in self.headers):
+            return []
+        mid = content_message_id(
+            self.kept, self.spool.digest.digest(), self.sender, self.service.config.hostname
+        )
+        return [("Message-ID", mid)]
 
     def _apply(self, verdict: Verdict, queue_id: str, fields: dict[str, Any]) -> int:
         fields["reason"] = verdict.reason
@@ -222,15 +254,82 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             status = Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
             fields["action"] = verdict.action.value
             return self._reply(verdict.reply, status, fields)
+        added = [*verdict.headers, *self._missing_message_id()]
+        if added[len(verdict.headers) :]:
+            fields["message_id"] = added[-1][1]
+        deliverer = self.service.deliverer
+        local = [r for r in self.recipients if deliverer and deliverer.is_local(bare(r))]
+        if deliverer is None or not local:
+            return self._accept(added, queue_id, fields)
+        return self._deliver(deliverer, local, added, queue_id, fields)
+
+    def _accept(
+        self,
+        added: list[tuple[str, str]],
+        queue_id: str,
+        fields: dict[str, Any],
+        delete: tuple[str, ...] = (),
+    ) -> int:
+        """Let Postfix queue the message: our headers in, forged ones out."""
         for name, index in owned_deletions(self.headers):
             self.chgheader(name, index, None)
-        for name, value in verdict.headers:
+        for name, value in added:
             self.addheader(name, value)
+        originals = {bare(r): r for r in self.recipients}
+        for recipient in delete:
+            self.delrcpt(originals.get(recipient, f"<{recipient}>"))
         fields["headers_removed"] = [name for name, _ in owned_deletions(self.headers)]
-        fields["headers_added"] = dict(verdict.headers)
-        fields.update(action="accept", reply=f"250 queued as {queue_id or '?'}")
+        fields["headers_added"] = dict(added)
+        fields.update(action="accept", reply=postfix_250(queue_id))
         self._log(fields)
         return Milter.ACCEPT  # type: ignore[no-any-return]
+
+    def _deliver(
+        self,
+        deliverer: Deliverer,
+        local: list[str],
+        added: list[tuple[str, str]],
+        queue_id: str,
+        fields: dict[str, Any],
+    ) -> int:
+        """Deliver to Cyrus now; the fold rule turns its replies into the client's reply."""
+        assert self.spool is not None
+        prefix = render([self.received, *self.kept, *added]) + b"\r\n"
+        started = time.monotonic()
+        with message_stream(prefix, self.spool) as stream:
+            outcomes = self._wait(
+                lambda: deliverer.deliver(
+                    self.sender, [bare(r) for r in local], stream, self.deadline
+                )
+            )
+        fields.setdefault("timings_ms", {})["lmtp"] = int((time.monotonic() - started) * 1000)
+        non_local = [bare(r) for r in self.recipients if r not in local]
+        mode = Mode.STRICT if self.service.config.delivery.strict else Mode.DEFAULT
+        decision = fold(outcomes, non_local, mode)
+        fields["recipients"] = [r.as_dict() for r in decision.recipients]
+        fields["delivery"] = {"rule": decision.rule.value, "explanation": decision.explanation}
+        if decision.action is FoldAction.DISCARD:
+            fields.update(action="delivered", reply=postfix_250(queue_id))
+            self._log(fields)
+            return Milter.DISCARD  # type: ignore[no-any-return]
+        if decision.action is FoldAction.ACCEPT:
+            return self._accept(added, queue_id, fields, decision.delete_recipients)
+        fields["action"] = decision.action.value
+        status = Milter.REJECT if decision.action is FoldAction.REJECT else Milter.TEMPFAIL
+        return self._reply(fold_reply(decision), status, fields)
+
+    def _wait(self, job: Callable[[], T]) -> T:
+        """Run a blocking job, sending Postfix progress keepalives until it is done.
+
+        The job enforces the deadline itself (LMTP timeouts): a delivery in flight is never
+        abandoned, since it may have reached Cyrus.
+        """
+        future = self.service.pool.submit(job)
+        while True:
+            try:
+                return future.result(timeout=self.service.config.keepalive_interval)
+            except FutureTimeout:
+                self.progress()
 
     def _reply(self, reply: SmtpReply, status: int, fields: dict[str, Any]) -> int:
         self.setreply(reply.code, reply.enhanced, milter_text(reply.text))
@@ -243,11 +342,25 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         self.service.log.emit("transaction", **fields)
 
 
+def postfix_250(queue_id: str) -> str:
+    """The reply Postfix gives for an accepted (or milter-discarded) message."""
+    return f"250 2.0.0 Ok: queued as {queue_id or '?'}"
+
+
+def fold_reply(decision: FoldDecision) -> SmtpReply:
+    assert decision.reply is not None
+    reply = decision.reply
+    return SmtpReply(str(reply.code), reply.enhanced or f"{reply.code // 100}.0.0", reply.text)
+
+
 def run(config: MilterConfig) -> None:
     """Serve until libmilter is told to stop (SIGTERM/SIGINT)."""
     log = EventLog(config.log_file)
     scanner = Scanner(config)
-    service = MilterService(config, scanner, log)
+    deliverer = None
+    if config.delivery.mode == "lmtp":
+        deliverer = Deliverer(config.delivery, config.hostname)
+    service = MilterService(config, scanner, log, deliverer)
     Milter.factory = lambda: ScanMilter(service)
     Milter.set_flags(MILTER_FLAGS)
     log.emit("startup", daemon="milter", listen=config.listen, config=config.source)
@@ -255,5 +368,7 @@ def run(config: MilterConfig) -> None:
         Milter.runmilter("mailglue", pymilter_socket(config.listen), 600)
     finally:
         scanner.shutdown()
+        if deliverer is not None:
+            deliverer.close()
         log.emit("shutdown", daemon="milter")
         log.close()

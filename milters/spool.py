@@ -59,3 +59,47 @@ class Spool:
             self._path = None
         self._memory = bytearray()
         self.size = 0
+
+
+class _Chain(io.RawIOBase):
+    """`prefix` followed by a seekable reader, as one seekable read-only stream."""
+
+    def __init__(self, prefix: bytes, rest: BinaryIO, rest_size: int) -> None:
+        self._prefix = prefix
+        self._rest = rest
+        self._size = len(prefix) + rest_size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._pos < len(self._prefix):
+            data = self._prefix[self._pos : self._pos + len(view)]
+        else:
+            self._rest.seek(self._pos - len(self._prefix))
+            data = self._rest.read(len(view))
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
+
+
+def message_stream(prefix: bytes, spool: Spool) -> BinaryIO:
+    """Headers + the spooled body as one seekable stream, without copying a large body."""
+    return io.BufferedReader(_Chain(prefix, spool.reader(), spool.size))

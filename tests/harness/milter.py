@@ -74,19 +74,19 @@ class ScanMilter:
             return []
         return [json.loads(line) for line in self.events_path.read_text().splitlines() if line]
 
-    def transaction(self, message_id: str, timeout: float = 10) -> dict[str, Any]:
-        """The logged transaction event of one message (by Message-ID), waiting for it."""
+    def transaction(
+        self, value: str, timeout: float = 10, key: str = "message_id"
+    ) -> dict[str, Any]:
+        """The logged transaction event of one message (by Message-ID or `key`), waiting."""
         found: list[dict[str, Any]] = []
 
         def logged() -> bool:
             found[:] = [
-                e
-                for e in self.events()
-                if e.get("event") == "transaction" and e.get("message_id") == message_id
+                e for e in self.events() if e.get("event") == "transaction" and e.get(key) == value
             ]
             return bool(found)
 
-        wait_until(logged, timeout, f"milter log event for {message_id}")
+        wait_until(logged, timeout, f"milter log event with {key} {value}")
         return found[-1]
 
 

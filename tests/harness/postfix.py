@@ -155,6 +155,7 @@ class Postfix:
             "biff": "no",
             "append_dot_mydomain": "no",
             "smtputf8_enable": "no",
+            "message_size_limit": str(50 * 1024 * 1024),  # room for the 30 MB test message
             "queue_run_delay": "10s",
             "minimal_backoff_time": "10s",
             "maximal_backoff_time": "30s",

@@ -185,9 +185,15 @@ def milter_address(milter_port: int) -> str:
 
 @pytest.fixture(scope="session")
 def scan_milter_process(
-    stack_root: Path, daemon_logs: DaemonLogs, milter_port: int, spamd: Spamd, clamd: Clamd
+    stack_root: Path,
+    daemon_logs: DaemonLogs,
+    milter_port: int,
+    spamd: Spamd,
+    clamd: Clamd,
+    cyrus: Cyrus,
 ) -> Iterator[ScanMilter]:
-    """The scan milter on `milter_port`, scanning with the session's spamd and clamd."""
+    """The scan milter on `milter_port`: scans with the session's spamd and clamd, delivers
+    mail for example.org to the session's Cyrus over LMTP before answering the client."""
     milter = ScanMilter(
         stack_root / "milter",
         milter_port,
@@ -198,6 +204,11 @@ def scan_milter_process(
                 "backends": [f"unix:{clamd.socket_path}"],
                 "timeout": 30,
                 "max_size": 100 * 1024 * 1024,
+            },
+            "delivery": {
+                "mode": "lmtp",
+                "local_domains": ["example.org"],
+                "lmtp_backend": f"unix:{cyrus.lmtp_socket}",
             },
         },
     )

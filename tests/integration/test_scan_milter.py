@@ -77,7 +77,7 @@ def test_clean_message_is_delivered_with_spam_status_and_no_flag(
     assert copy["X-Spam-Flag"] is None and copy["X-Spam-Level"] is None
     assert copy["X-Virus-Scanned"] == "clean (clamd)"
     event = scan_milter.transaction(mid)
-    assert event["action"] == "accept" and event["queue_id"]
+    assert event["action"] == "delivered" and event["queue_id"]
     assert event["spam"]["precise"] is True
     assert event["virus"]["found"] is None
     assert set(event["timings_ms"]) >= {"clamd", "spamd", "total"}

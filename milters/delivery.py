@@ -1,0 +1,86 @@
+"""Delivery-confirmed acceptance: hand the message to Cyrus over LMTP before answering.
+
+The milter calls `Deliverer.deliver()` at end-of-message, while Postfix holds the SMTP
+session open; the per-recipient LMTP replies are folded (lmtp_bridge.fold) into the one reply
+the client gets. LMTP connections are pooled per backend and reused across transactions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from lmtp_bridge import (
+    BackendAddress,
+    BackendUnavailable,
+    LmtpClient,
+    Outcome,
+    Router,
+    Timeouts,
+)
+from milters.config import DeliveryConfig
+
+MAX_IDLE_PER_BACKEND = 16
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class Deliverer:
+    def __init__(self, config: DeliveryConfig, lhlo_name: str) -> None:
+        self.config = config
+        self.lhlo_name = lhlo_name
+        self.router = Router(config.lmtp_backend, config.domain_backends)
+        self.timeouts = Timeouts(
+            connect=config.connect_timeout,
+            command=config.command_timeout,
+            final=config.final_timeout,
+        )
+        self._idle: dict[BackendAddress, list[LmtpClient]] = {}
+        self._lock = threading.Lock()
+
+    def is_local(self, recipient: str) -> bool:
+        """Ours to deliver: the recipient's domain is one of `delivery.local_domains`."""
+        return domain_of(recipient) in self.config.local_domains
+
+    def _acquire(self, backend: BackendAddress) -> LmtpClient:
+        with self._lock:
+            idle = self._idle.get(backend)
+            if idle:
+                return idle.pop()
+        return LmtpClient(backend, lhlo_name=self.lhlo_name, timeouts=self.timeouts)
+
+    def _release(self, backend: BackendAddress, client: LmtpClient) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(backend, [])
+            if client.connected and len(idle) < MAX_IDLE_PER_BACKEND:
+                idle.append(client)
+                return
+        client.close()
+
+    def deliver(
+        self, sender: str, recipients: Sequence[str], message: BinaryIO, deadline: float
+    ) -> dict[str, Outcome]:
+        """Each recipient's LMTP outcome: its reply, or why it was not attempted."""
+        plan = self.router.plan(recipients)
+        outcomes: dict[str, Outcome] = {r: why.outcome() for r, why in plan.unrouted.items()}
+        for backend, group in plan.groups.items():
+            client = self._acquire(backend)
+            try:
+                message.seek(0)
+                result = client.deliver(sender, group, message, deadline=deadline)
+                outcomes.update(result.replies)
+            except BackendUnavailable as exc:
+                outcomes.update(exc.outcomes(group))
+            finally:
+                self._release(backend, client)
+        return outcomes
+
+    def close(self) -> None:
+        with self._lock:
+            for clients in self._idle.values():
+                for client in clients:
+                    client.close()
+            self._idle.clear()
