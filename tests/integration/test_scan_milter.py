@@ -6,7 +6,11 @@ over IMAP. Accepted mail reaches Cyrus through Postfix's queue and `lmtp:` trans
 
 from __future__ import annotations
 
+import contextlib
 import email
+import socket
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from email.message import Message
@@ -274,3 +278,49 @@ def test_journal_is_jq_friendly(scan_milter: ScanMilter, postfix: Postfix) -> No
     ):
         assert key in event, key
     assert event["client"]["addr"] == "127.0.0.1"
+
+
+class SilentBackend:
+    """A backend that accepts connections and never answers: a hung spamd."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_hung_spamd_ends_at_the_time_budget_with_451(
+    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
+) -> None:
+    hung = SilentBackend()
+    try:
+        scan_milter.ensure(
+            {
+                "milter": {"time_budget": 3, "keepalive_interval": 1},
+                "spam": {"backends": [f"inet:127.0.0.1:{hung.port}"], "timeout": 30},
+            }
+        )
+        mid = unique_id()
+        started = time.monotonic()
+        tx = submit(postfix, fresh(message_id=mid))
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+    assert tx.data is not None and tx.data.code == 451, tx
+    assert elapsed < 20, f"the budget did not bound the wait ({elapsed:.1f}s)"
+    event = scan_milter.transaction(mid)
+    assert event["spam"] == {"unscanned": "failed", "reason": "time budget exhausted"}
+    assert absent(cyrus, "alice", mid, postfix)
