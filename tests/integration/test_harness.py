@@ -214,15 +214,6 @@ def test_postfix_queues_while_cyrus_is_down(make_postfix: MakePostfix, cyrus: Cy
     assert any(mid.encode() in m for m in cyrus.messages("bob"))
 
 
-def test_session_postfix_tempfails_without_milter(postfix: Postfix, milter_address: str) -> None:
-    """Nothing listens on the milter port yet: milter_default_action=tempfail must say 451."""
-    tx = send(postfix.address, "bob@relay.test", ["alice@example.org"], build_message())
-    replies = [tx.mail, *tx.rcpt.values(), *([tx.data] if tx.data else [])]
-    assert any(r.code == 451 for r in replies), tx
-    assert postfix.queue_is_empty()
-    assert milter_address in postfix.maillog.read_text()
-
-
 # --- harness pieces --------------------------------------------------------------------------
 
 
