@@ -1,58 +1,37 @@
-"""Backend addresses in Postfix's notation, and connecting with failover across a list.
+"""Connecting to backends (spamd, clamd, Cyrus) given in Postfix's address notation.
 
-`inet:127.0.0.1:783`, `inet:[::1]:783` and `unix:/run/spamd.sock` are the forms an admin
-already writes in main.cf, so the config uses the same ones.
+The notation and its parser live in `lmtp_bridge.address` (`inet:HOST:PORT`, `unix:/PATH`,
+the forms an admin already writes in main.cf); this module adds failover across a list.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from lmtp_bridge.address import BackendAddress as Address
+from lmtp_bridge.address import BackendAddressError as AddressError
+from lmtp_bridge.address import InetAddress, UnixAddress
+from lmtp_bridge.address import parse_backend_address as parse_address
 
-class AddressError(ValueError):
-    """An address that is not `inet:HOST:PORT` or `unix:/PATH`."""
+__all__ = [
+    "Address",
+    "AddressError",
+    "BackendUnavailable",
+    "InetAddress",
+    "UnixAddress",
+    "connect",
+    "connect_any",
+    "parse_address",
+]
 
 
 class BackendUnavailable(OSError):
     """No backend of a list accepted a connection; the message names each one's failure."""
 
 
-@dataclass(frozen=True)
-class Address:
-    family: str  # "inet" or "unix"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.family == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    kind, sep, rest = text.partition(":")
-    if not sep or not rest:
-        raise AddressError(f"{text!r}: expected inet:HOST:PORT or unix:/PATH")
-    if kind == "unix":
-        if not rest.startswith("/"):
-            raise AddressError(f"{text!r}: a unix socket path must be absolute")
-        return Address("unix", path=rest)
-    if kind != "inet":
-        raise AddressError(f"{text!r}: unknown kind {kind!r}, expected inet: or unix:")
-    host, sep, port_text = rest.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise AddressError(f"{text!r}: expected inet:HOST:PORT with a port from 1 to 65535")
-    return Address("inet", host=host, port=int(port_text))
-
-
 def connect(address: Address, timeout: float) -> socket.socket:
-    if address.family == "unix":
+    if isinstance(address, UnixAddress):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:

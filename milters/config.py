@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from milters.backend import Address, AddressError, parse_address
+from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
 from milters.configkit import ConfigError, ConfigReader, load_yaml
 
 FAILURE_POLICIES = ("tempfail", "accept")
@@ -20,7 +20,7 @@ OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
 
 @dataclass(frozen=True)
 class SpamConfig:
-    backends: tuple[Address, ...] = (Address("inet", host="127.0.0.1", port=783),)
+    backends: tuple[Address, ...] = (InetAddress("127.0.0.1", 783),)
     timeout: float = 60.0
     tag_above: Decimal = Decimal("3.0")
     reject_at: Decimal = Decimal("5.0")
@@ -31,7 +31,7 @@ class SpamConfig:
 
 @dataclass(frozen=True)
 class VirusConfig:
-    backends: tuple[Address, ...] = (Address("unix", path="/run/clamav/clamd.ctl"),)
+    backends: tuple[Address, ...] = (UnixAddress("/run/clamav/clamd.ctl"),)
     timeout: float = 60.0
     max_size: int = 25 * 1024 * 1024
     on_failure: str = "tempfail"
@@ -197,7 +197,7 @@ def load_config(path: str | Path) -> MilterConfig:
 def pymilter_socket(listen: str) -> str:
     """Postfix's `inet:127.0.0.1:8891` -> libmilter's `inet:8891@127.0.0.1`."""
     address = parse_address(listen)
-    if address.family == "unix":
+    if isinstance(address, UnixAddress):
         return f"unix:{address.path}"
     host = f"[{address.host}]" if ":" in address.host else address.host
     family = "inet6" if ":" in address.host else "inet"

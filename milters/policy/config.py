@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milters.backend import Address, AddressError, parse_address
+from milters.backend import Address, AddressError, UnixAddress, parse_address
 from milters.configkit import ConfigError, ConfigReader, load_yaml
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 PROBE_FIELDS = ("uid", "address", "local", "domain")
-DEFAULT_LMTP = Address("unix", path="/run/cyrus/socket/lmtp")  # Debian's cyrus-imapd socket
+DEFAULT_LMTP = UnixAddress("/run/cyrus/socket/lmtp")  # Debian's cyrus-imapd socket
 
 
 class Secret:

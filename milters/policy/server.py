@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from milters.backend import parse_address
+from milters.backend import UnixAddress, parse_address
 from milters.configkit import ConfigError
 from milters.jsonlog import EventLog
 from milters.policy.config import PolicyConfig, load_policy_config
@@ -96,7 +96,7 @@ class PolicyServer:
 
     async def start(self) -> None:
         address = parse_address(self.config.listen)
-        if address.family == "unix":
+        if isinstance(address, UnixAddress):
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(address.path).st_mode):
                     os.unlink(address.path)  # stale socket of a previous run

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from milters.backend import Address
+from milters.backend import InetAddress, UnixAddress
 from milters.config import load_config, parse_config, pymilter_socket
 from milters.configkit import ConfigError
 
@@ -73,8 +73,8 @@ def test_wrong_shapes() -> None:
 def test_backends_parse_both_kinds() -> None:
     config = parse_config("m.yaml", {"spam": {"backends": ["inet:10.0.0.1:783", "unix:/s"]}})
     assert config.spam.backends == (
-        Address("inet", host="10.0.0.1", port=783),
-        Address("unix", path="/s"),
+        InetAddress("10.0.0.1", 783),
+        UnixAddress("/s"),
     )
 
 

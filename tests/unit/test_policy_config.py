@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from milters.backend import Address
+from milters.backend import InetAddress, UnixAddress
 from milters.cli import main
 from milters.configkit import ConfigError
 from milters.policy.config import Secret, load_policy_config, parse_policy_config
@@ -35,7 +35,7 @@ def test_minimal_defaults() -> None:
     assert config.ldap.uri == "ldap://127.0.0.1/"
     assert config.ldap.address_attributes == ("mail",)
     assert config.ldap.bind_password is None
-    assert config.mailbox.lmtp == Address("unix", path="/run/cyrus/socket/lmtp")
+    assert config.mailbox.lmtp == UnixAddress("/run/cyrus/socket/lmtp")
     assert (config.mailbox.positive_ttl, config.mailbox.negative_ttl) == (600.0, 60.0)
     assert config.rate_limits.sasl_user.messages == 200
     assert config.rate_limits.client_address.messages == 0
@@ -79,7 +79,7 @@ log:
     config = load_policy_config(path)
     assert config.ldap.bind_password == Secret("s3cret")
     assert config.ldap.address_attributes == ("mail", "mailAlternateAddress")
-    assert config.mailbox.lmtp == Address("inet", host="127.0.0.1", port=2003)
+    assert config.mailbox.lmtp == InetAddress("127.0.0.1", 2003)
     assert config.rate_limits.client_address.recipients == 0
     assert config.recipient_delimiter == "+"
 
