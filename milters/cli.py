@@ -54,6 +54,130 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_sources(files: Sequence[str]) -> list[str]:
+    from milters.logread import configured_logs
+
+    sources = list(files) or configured_logs()
+    if not sources:
+        raise ConfigError(
+            ["no log files given, and none named in /etc/mailglue/{milter,policy}.yaml"]
+        )
+    return sources
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """Print every transaction (and RCPT decision) matching QUERY."""
+    import json
+    from datetime import UTC, datetime
+
+    from milters.logread import in_window, parse_time, read_events
+    from milters.trace import find, render
+
+    now = datetime.now(UTC)
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else None
+    except ValueError as exc:
+        print(f"mailglue trace: {exc}", file=sys.stderr)
+        return 2
+    traces = []
+    for trace in find(read_events(_log_sources(args.files)), args.query):
+        if in_window({"ts": trace.when}, since, until):
+            traces.append(trace)
+    for trace in traces:
+        if args.json:
+            print(json.dumps(trace.as_dict(), ensure_ascii=False))
+        else:
+            print(render(trace), end="\n\n")
+    if not traces:
+        print(f"mailglue trace: nothing found for {args.query!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """Follow the milter's log, one line per transaction."""
+    from pathlib import Path
+
+    from milters.logread import parse_events
+    from milters.tail import follow, tail_line, wanted
+
+    color = sys.stdout.isatty()
+    if args.file == "-":
+        events = parse_events(sys.stdin)
+    else:
+        events = follow(Path(args.file or _log_sources([])[0]))
+    for event in events:
+        if wanted(event, args.action):
+            print(tail_line(event, color), flush=True)
+    return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    """Teach spamd from the LearnSpam folder; exit 1 if any message could not be learned."""
+    import imaplib
+
+    from milters.jsonlog import EventLog
+    from milters.learn import Learner
+    from milters.learnconfig import load_learn_config
+
+    config = load_learn_config(args.config)
+    log = EventLog(config.log_file, stream=None if config.log_file else sys.stderr)
+    try:
+        summary = Learner(config, log).run()
+    except (OSError, imaplib.IMAP4.error) as exc:
+        print(f"mailglue learn: {config.imap.host}:{config.imap.port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+    print(summary.line())
+    return 1 if summary.counts.get("error") else 0
+
+
+def _json_number(value: object) -> object:
+    from decimal import Decimal
+
+    return float(value) if isinstance(value, Decimal) else str(value)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Scan one message file with the configured spamd/clamd and print the decision."""
+    import json
+    from pathlib import Path
+
+    from milters.config import load_config
+    from milters.replay import describe, replay
+    from milters.verdict import format_score
+
+    config = load_config(args.config)
+    raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    recipients = args.to or ["postmaster@localhost"]
+    verdict, report = replay(config, raw, args.sender, recipients)
+    result = describe(verdict, report, args.sender, recipients)
+    if args.json:
+        # Decimal scores as JSON numbers, like the milter's log (jq can compare them)
+        print(json.dumps(result, default=_json_number, ensure_ascii=False))
+        return 0
+    spam = result["spam"]
+    print(f"action   {result['action']} ({result['reason']})")
+    print(f"reply    {result['reply']}")
+    if "would_action" in result:
+        print(f"shadow   would {result['would_action']}: {result['would_reply']}")
+    if "score" in spam:
+        print(f"score    {format_score(spam['score'])}")
+        from milters.trace import sorted_tests
+
+        for name, score in sorted_tests(spam["tests"]):
+            print(f"         {score:>9.3f}  {name}")
+    else:
+        print(f"spam     not scored: {spam.get('reason')}")
+    virus = result["virus"]
+    print(f"virus    {virus.get('found') or virus.get('reason') or 'clean'}")
+    for name, value in result["headers_added"].items():
+        print(f"header   {name}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailglue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,11 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="which daemon's config (default: guessed from the file)",
     )
     check.set_defaults(handler=_check_config)
+
+    trace = sub.add_parser("trace", help="explain what happened to a message, from the logs")
+    trace.add_argument("query", help="queue id, Message-ID, or sender/recipient address")
+    trace.add_argument("files", nargs="*", help="log files (rotated ones are read too); - stdin")
+    trace.add_argument("--since", help="ISO time or 30m/2h/1d ago (UTC)")
+    trace.add_argument("--until", help="ISO time or 30m/2h/1d ago (UTC)")
+    trace.add_argument("--json", action="store_true", help="one JSON object per trace")
+    trace.set_defaults(handler=_trace)
+
+    tail = sub.add_parser("tail", help="follow the milter log, one line per transaction")
+    tail.add_argument("file", nargs="?", help="the milter's log file (default: from its config)")
+    tail.add_argument("--action", help="only this action (reject, tempfail, delivered, accept)")
+    tail.set_defaults(handler=_tail)
+
+    learn = sub.add_parser("learn", help="teach spamd from the LearnSpam folder")
+    learn.add_argument("--config", required=True, help="path to learn.yaml")
+    learn.set_defaults(handler=_learn)
+
+    replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")
+    replay.add_argument("message", help="the message file (.eml), or - for stdin")
+    replay.add_argument("--config", required=True, help="path to milter.yaml")
+    replay.add_argument("--from", dest="sender", default="", help="envelope sender")
+    replay.add_argument("--to", action="append", help="envelope recipient (repeatable)")
+    replay.add_argument("--json", action="store_true", help="print the decision as JSON")
+    replay.set_defaults(handler=_replay)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `trace QUERY --since 1h FILE`: argparse stops filling `files` at the first option
+        if not hasattr(args, "files") or any(x.startswith("-") and x != "-" for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.files = [*args.files, *extra]
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -87,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mailglue trace … | head`: the reader had enough
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -72,7 +72,15 @@ class MilterConfig:
     virus: VirusConfig = field(default_factory=VirusConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log_file: str | None = None
+    shadow: bool = False
+    metrics_listen: InetAddress | None = None
+    shutdown_grace: float | None = None  # None: time_budget
     source: str = "<defaults>"
+
+    @property
+    def grace(self) -> float:
+        """Seconds a SIGTERM waits for transactions in flight (default: one time budget)."""
+        return self.time_budget if self.shutdown_grace is None else self.shutdown_grace
 
 
 def _addresses(reader: ConfigReader, key: str, default: tuple[Address, ...]) -> tuple[Address, ...]:
@@ -148,6 +156,26 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     return delivery
 
 
+def _metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
+    """`127.0.0.1:9898` (or `inet:127.0.0.1:9898`): where Prometheus scrapes; absent = off.
+
+    Only TCP: prometheus_client serves HTTP on a TCP port. Not restricted to loopback, because
+    a scanner pool may be scraped from another host, but the README says to keep it local.
+    """
+    text = reader.optional_text(key)
+    if text is None:
+        return None
+    try:
+        address = parse_address(text if text.startswith(("inet:", "unix:")) else f"inet:{text}")
+    except AddressError as exc:
+        reader.problem(key, str(exc))
+        return None
+    if not isinstance(address, InetAddress):
+        reader.problem(key, f"must be HOST:PORT (HTTP over TCP), got {text!r}")
+        return None
+    return address
+
+
 def parse_config(source: str, data: object) -> MilterConfig:
     top = ConfigReader(source, data)
     d = MilterConfig(hostname="")
@@ -166,6 +194,9 @@ def parse_config(source: str, data: object) -> MilterConfig:
     spool_dir = milter.optional_text("spool_dir")
     if spool_dir is not None and not Path(spool_dir).is_dir():
         milter.problem("spool_dir", f"{spool_dir} is not a directory")
+    shadow = milter.boolean("shadow", d.shadow)
+    metrics_listen = _metrics_address(milter, "metrics_listen")
+    shutdown_grace = milter.seconds("shutdown_grace", time_budget, minimum=0.0)
     milter.finish()
     log = top.section("log")
     log_file = log.optional_text("file")
@@ -181,6 +212,9 @@ def parse_config(source: str, data: object) -> MilterConfig:
         virus=_virus(top.section("virus")),
         delivery=_delivery(top.section("delivery")),
         log_file=log_file,
+        shadow=shadow,
+        metrics_listen=metrics_listen,
+        shutdown_grace=shutdown_grace if milter.has("shutdown_grace") else None,
         source=source,
     )
     top.finish()

@@ -7,6 +7,9 @@ either rejects/tempfails with an explicit reply or removes forged headers and ad
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -17,10 +20,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import Milter
+import milter as libmilter  # type: ignore[import-not-found]  # pymilter's C module
 
 from lmtp_bridge import Action as FoldAction
 from lmtp_bridge import FoldDecision, Mode, fold
-from milters.config import MilterConfig, pymilter_socket
+from milters.backend import connect, parse_address
+from milters.config import MilterConfig, load_config, pymilter_socket
+from milters.configkit import ConfigError
 from milters.delivery import Deliverer
 from milters.headers import (
     ClientInfo,
@@ -31,7 +37,11 @@ from milters.headers import (
     render,
 )
 from milters.jsonlog import EventLog
+from milters.lifecycle import InFlight, sd_notify, wait_listening
+from milters.metrics import MilterMetrics
+from milters.metrics import serve as serve_metrics
 from milters.scanner import Scanner, ScanReport
+from milters.shadow import ShadowVerdict, shadow_decide
 from milters.spool import Spool, message_stream
 from milters.verdict import (
     Action,
@@ -41,7 +51,6 @@ from milters.verdict import (
     Unscanned,
     Verdict,
     VerdictPolicy,
-    decide,
 )
 
 T = TypeVar("T")
@@ -51,9 +60,40 @@ ERROR_REPLY = SmtpReply(
 )
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What one transaction runs with, taken once at end-of-message so a reload in the middle
+    never mixes two configs in one decision."""
+
+    config: MilterConfig
+    scanner: Scanner
+    deliverer: Deliverer | None
+
+    @property
+    def policy(self) -> VerdictPolicy:
+        return verdict_policy(self.config)
+
+
+def verdict_policy(config: MilterConfig) -> VerdictPolicy:
+    spam, virus = config.spam, config.virus
+    return VerdictPolicy(
+        tag_above=spam.tag_above,
+        reject_at=spam.reject_at,
+        spamd_on_failure=spam.on_failure,
+        clamd_on_failure=virus.on_failure,
+        clamd_on_oversize=virus.on_oversize,
+    )
+
+
+def make_deliverer(config: MilterConfig) -> Deliverer | None:
+    if config.delivery.mode != "lmtp":
+        return None  # delivery.mode queue: Postfix delivers
+    return Deliverer(config.delivery, config.hostname)
+
+
 @dataclass
 class MilterService:
-    """What all connections share: config, scanner threads, the event log."""
+    """What all connections share: config, scanner threads, the event log, the metrics."""
 
     config: MilterConfig
     scanner: Scanner
@@ -62,17 +102,67 @@ class MilterService:
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="lmtp")
     )
+    metrics: MilterMetrics | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
+    _swap: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def policy(self) -> VerdictPolicy:
-        spam, virus = self.config.spam, self.config.virus
-        return VerdictPolicy(
-            tag_above=spam.tag_above,
-            reject_at=spam.reject_at,
-            spamd_on_failure=spam.on_failure,
-            clamd_on_failure=virus.on_failure,
-            clamd_on_oversize=virus.on_oversize,
-        )
+        return verdict_policy(self.config)
+
+    def runtime(self) -> Runtime:
+        with self._swap:
+            return Runtime(self.config, self.scanner, self.deliverer)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = self.log.emit(event, **fields)
+        if event == "transaction" and self.metrics is not None:
+            self.metrics.observe(record)
+
+    def reload(self) -> bool:
+        """Re-read and re-validate the config file (SIGHUP); a bad one is refused, logged,
+        and the running config stays. Transactions already past MAIL FROM finish with the
+        config they sampled; the old scanner and LMTP pool are released one budget later."""
+        old = self.runtime()
+        try:
+            config = load_config(old.config.source)
+        except ConfigError as exc:
+            self.emit("config_reload_failed", config=old.config.source, problems=exc.problems)
+            if self.metrics is not None:
+                self.metrics.reloads.labels("refused").inc()
+            return False
+        fixed = [
+            key
+            for key, before, after in (
+                ("milter.listen", old.config.listen, config.listen),
+                ("milter.metrics_listen", old.config.metrics_listen, config.metrics_listen),
+            )
+            if before != after
+        ]
+        if fixed:
+            self.emit(
+                "config_reload_warning",
+                config=config.source,
+                message=f"{', '.join(fixed)} change only at restart; keeping the old ones",
+            )
+        if config.log_file != old.config.log_file:
+            self.log = EventLog(config.log_file)  # the old one is closed when unreferenced
+        scanner, deliverer = Scanner(config), make_deliverer(config)
+        with self._swap:
+            self.config, self.scanner, self.deliverer = config, scanner, deliverer
+        release = threading.Timer(old.config.time_budget + 5, _release, (old,))
+        release.daemon = True
+        release.start()
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+        self.emit("config_reloaded", config=config.source, shadow=config.shadow)
+        return True
+
+
+def _release(old: Runtime) -> None:
+    old.scanner.shutdown()
+    if old.deliverer is not None:
+        old.deliverer.close()
 
 
 def bare(address: str) -> str:
@@ -108,10 +198,12 @@ def scan_fields(report: ScanReport) -> dict[str, Any]:
 class ScanMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, service: MilterService) -> None:
         self.service = service
+        self.rt = service.runtime()
         self.client_addr = ""
         self.client_name = ""
         self.helo = ""
         self.spool: Spool | None = None
+        self.in_flight = False
         self._new_transaction()
 
     # -- collecting -------------------------------------------------------------------------
@@ -119,6 +211,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
     def _new_transaction(self) -> None:
         if self.spool is not None:
             self.spool.close()
+        self._leave()
         config = self.service.config
         self.spool = Spool(config.spool_memory_limit, config.spool_dir)
         self.sender = ""
@@ -140,6 +233,10 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._new_transaction()
+        self.service.in_flight.enter()  # a SIGTERM now waits for this transaction's reply
+        self.in_flight = True
+        if self.service.metrics is not None:
+            self.service.metrics.in_flight.inc()
         self.sender = bare(mailfrom)
         return Milter.CONTINUE  # type: ignore[no-any-return]
 
@@ -164,7 +261,15 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        self._leave()
         return Milter.CONTINUE  # type: ignore[no-any-return]
+
+    def _leave(self) -> None:
+        if self.in_flight:
+            self.in_flight = False
+            self.service.in_flight.leave()
+            if self.service.metrics is not None:
+                self.service.metrics.in_flight.dec()
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -183,6 +288,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
 
     def eom(self) -> int:
         self.started = time.monotonic()
+        self.rt = self.service.runtime()
         queue_id = self._macro("i")
         client = self.client_info()
         fields: dict[str, Any] = {
@@ -205,7 +311,15 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             fields.update(scan_fields(report))
             fields["timings_ms"] = report.timings_ms
             fields["size"] = self._size()
-            return self._apply(verdict, queue_id, fields)
+            if verdict.would is not None:
+                assert verdict.would.reply is not None
+                fields.update(
+                    shadow=True,
+                    would_action=verdict.would.action.value,
+                    would_reason=verdict.would.reason,
+                    would_reply=str(verdict.would.reply),
+                )
+            return self._apply(verdict.applied, queue_id, fields)
         except Exception as exc:
             fields.update(
                 action="tempfail",
@@ -221,9 +335,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         assert self.spool is not None
         return self.spool.size + len(render(self.headers)) + 2
 
-    def _scan(self, queue_id: str, client: ClientInfo) -> tuple[Verdict, ScanReport]:
+    def _scan(self, queue_id: str, client: ClientInfo) -> tuple[ShadowVerdict, ScanReport]:
         assert self.spool is not None
-        config = self.service.config
+        config = self.rt.config
         self.deadline = self.started + config.time_budget
         self.received = received_header(
             client,
@@ -234,8 +348,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         )
         self.kept = [(n, v) for n, v in self.headers if not is_owned(n)]
         prefix = render([self.received, *self.kept]) + b"\r\n"
-        report = self.service.scanner.scan(prefix, self.spool, self.deadline, self.progress)
-        return decide(report.virus, report.spam, self.service.policy), report
+        report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
+        verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
+        return verdict, report
 
     def _missing_message_id(self) -> list[tuple[str, str]]:
         """A content-derived Message-ID if the message has none, so retries dedupe in Cyrus."""
@@ -243,7 +358,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         if any(n.lower() == "message-id" for n, _ in self.headers):
             return []
         mid = content_message_id(
-            self.kept, self.spool.digest.digest(), self.sender, self.service.config.hostname
+            self.kept, self.spool.digest.digest(), self.sender, self.rt.config.hostname
         )
         return [("Message-ID", mid)]
 
@@ -257,7 +372,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         added = [*verdict.headers, *self._missing_message_id()]
         if added[len(verdict.headers) :]:
             fields["message_id"] = added[-1][1]
-        deliverer = self.service.deliverer
+        deliverer = self.rt.deliverer
         local = [r for r in self.recipients if deliverer and deliverer.is_local(bare(r))]
         if deliverer is None or not local:
             return self._accept(added, queue_id, fields)
@@ -304,7 +419,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             )
         fields.setdefault("timings_ms", {})["lmtp"] = int((time.monotonic() - started) * 1000)
         non_local = [bare(r) for r in self.recipients if r not in local]
-        mode = Mode.STRICT if self.service.config.delivery.strict else Mode.DEFAULT
+        mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
         decision = fold(outcomes, non_local, mode)
         fields["recipients"] = [r.as_dict() for r in decision.recipients]
         fields["delivery"] = {"rule": decision.rule.value, "explanation": decision.explanation}
@@ -327,7 +442,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         future = self.service.pool.submit(job)
         while True:
             try:
-                return future.result(timeout=self.service.config.keepalive_interval)
+                return future.result(timeout=self.rt.config.keepalive_interval)
             except FutureTimeout:
                 self.progress()
 
@@ -339,7 +454,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
 
     def _log(self, fields: dict[str, Any]) -> None:
         fields.setdefault("timings_ms", {})["total"] = int((time.monotonic() - self.started) * 1000)
-        self.service.log.emit("transaction", **fields)
+        self.service.emit("transaction", **fields)
 
 
 def postfix_250(queue_id: str) -> str:
@@ -353,22 +468,94 @@ def fold_reply(decision: FoldDecision) -> SmtpReply:
     return SmtpReply(str(reply.code), reply.enhanced or f"{reply.code // 100}.0.0", reply.text)
 
 
+def stop_libmilter(listen: str) -> None:
+    """Close libmilter's listener now; sessions in progress continue.
+
+    smfi_stop() waits for a lock the listener holds during its poll() (up to 5 s), so it runs
+    in a thread of its own while a connection to the listener makes that poll() return early
+    (libmilter drops that connection unserved).
+    """
+    stopper = threading.Thread(target=libmilter.stop, name="smfi_stop", daemon=True)
+    stopper.start()
+    address = parse_address(listen)
+    while stopper.is_alive():
+        with contextlib.suppress(OSError):
+            connect(address, 0.5).close()
+        stopper.join(0.05)
+
+
+def _serve_milter(listen: str, failure: list[BaseException]) -> None:
+    """libmilter's main loop (in its own thread, see milters/lifecycle.py for why)."""
+    try:
+        Milter.runmilter("mailglue", pymilter_socket(listen), 600)
+    except BaseException as exc:
+        failure.append(exc)
+
+
 def run(config: MilterConfig) -> None:
-    """Serve until libmilter is told to stop (SIGTERM/SIGINT)."""
+    """Serve until SIGTERM/SIGINT, then let transactions in flight finish (`shutdown_grace`).
+
+    SIGHUP reloads the config. With `metrics_listen`, Prometheus metrics are served too.
+    """
     log = EventLog(config.log_file)
-    scanner = Scanner(config)
-    deliverer = None
-    if config.delivery.mode == "lmtp":
-        deliverer = Deliverer(config.delivery, config.hostname)
-    service = MilterService(config, scanner, log, deliverer)
+    metrics = MilterMetrics() if config.metrics_listen is not None else None
+    service = MilterService(config, Scanner(config), log, make_deliverer(config), metrics=metrics)
     Milter.factory = lambda: ScanMilter(service)
     Milter.set_flags(MILTER_FLAGS)
-    log.emit("startup", daemon="milter", listen=config.listen, config=config.source)
+    if metrics is not None and config.metrics_listen is not None:
+        serve_metrics(config.metrics_listen, metrics.registry)
+
+    stop_requested = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        if not stop_requested.is_set():
+            stop_requested.set()
+            sd_notify("STOPPING=1")
+            service.emit(
+                "stopping",
+                daemon="milter",
+                signal=signal.Signals(signum).name,
+                in_flight=service.in_flight.count,
+            )
+            stop_libmilter(config.listen)
+
+    def reload(_signum: int, _frame: object) -> None:
+        sd_notify("RELOADING=1")
+        service.reload()
+        sd_notify("READY=1")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+    failure: list[BaseException] = []
+    thread = threading.Thread(
+        target=_serve_milter, args=(config.listen, failure), name="libmilter", daemon=True
+    )
+    thread.start()
     try:
-        Milter.runmilter("mailglue", pymilter_socket(config.listen), 600)
+        if wait_listening(parse_address(config.listen), 60, thread):
+            service.emit(
+                "startup",
+                daemon="milter",
+                listen=config.listen,
+                config=config.source,
+                shadow=config.shadow,
+                metrics=str(config.metrics_listen) if config.metrics_listen else None,
+            )
+            sd_notify("READY=1")
+        # smfi_stop closes the listening socket at once, but smfi_main returns only at its
+        # next poll tick (up to 5 s): what we wait for is the transactions, not libmilter.
+        while thread.is_alive() and not stop_requested.is_set():
+            thread.join(0.5)
+        drained = service.in_flight.wait_idle(service.config.grace)
+        service.emit(
+            "shutdown",
+            daemon="milter",
+            drained=drained,
+            abandoned=service.in_flight.count,
+        )
     finally:
-        scanner.shutdown()
-        if deliverer is not None:
-            deliverer.close()
-        log.emit("shutdown", daemon="milter")
-        log.close()
+        _release(service.runtime())
+        service.log.close()
+    if failure:
+        raise failure[0]

@@ -92,7 +92,7 @@ def local_cf() -> str:
 class Spamd:
     """One spamd on a loopback port; slow to start (~several s), so one per test session."""
 
-    def __init__(self, root: Path, max_children: int = 5) -> None:
+    def __init__(self, root: Path, max_children: int = 5, extra_args: tuple[str, ...] = ()) -> None:
         self.root = root
         self.host = LOOPBACK
         self.port = free_port()
@@ -100,6 +100,7 @@ class Spamd:
         self.home_dir = root / "home"
         self.log_path = root / "spamd.log"
         self.max_children = max_children
+        self.extra_args = extra_args
         self._proc: ManagedProcess | None = None
 
     @property
@@ -129,6 +130,7 @@ class Spamd:
             f"--helper-home-dir={self.home_dir}",
             f"--max-children={self.max_children}",
             "--syslog=stderr",
+            *self.extra_args,
         ]
         self._proc = ManagedProcess("spamd", argv, self.log_path)
         self._proc.start()

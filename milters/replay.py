@@ -1,0 +1,102 @@
+"""`mailglue replay`: one message through the milter's own scan and verdict, nothing delivered.
+
+"Would this have been rejected with the new thresholds?" and "why did this message score
+4.8?" are answered by running the stored copy again against the configured spamd and clamd.
+The message goes through the same steps as at end-of-DATA: the headers mailglue owns are
+removed first (a stored copy carries our X-Spam-* from the first pass), the scanner runs both
+backends within the time budget, and `shadow_decide` gives the verdict (and, in shadow mode,
+the one it would have applied).
+
+A Received line is added only if the message has none (a draft, not a stored copy): the
+milter adds one because Postfix hides its own, and without any spamd scores NO_RECEIVED.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from milters.config import MilterConfig
+from milters.headers import ClientInfo, is_owned, received_header, render
+from milters.scan_milter import scan_fields, verdict_policy
+from milters.scanner import Scanner, ScanReport
+from milters.shadow import ShadowVerdict, shadow_decide
+from milters.spool import Spool
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def split_message(raw: bytes) -> ParsedMessage:
+    """Header fields (continuation lines kept, as the milter receives them) and the body."""
+    text = raw.replace(b"\r\n", b"\n")
+    head, sep, body = text.partition(b"\n\n")
+    if not sep and b":" not in head.split(b"\n", 1)[0]:
+        head, body = b"", text  # no header block at all
+    headers: list[tuple[str, str]] = []
+    for line in head.decode("utf-8", "surrogateescape").split("\n"):
+        if line[:1] in (" ", "\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, value + "\n" + line)
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+    return ParsedMessage(headers, body.replace(b"\n", b"\r\n"))
+
+
+def scan_prefix(headers: list[tuple[str, str]], hostname: str, recipients: list[str]) -> bytes:
+    """The header block sent to the scanners: ours removed, a Received line if none."""
+    kept = [(n, v) for n, v in headers if not is_owned(n)]
+    if not any(n.lower() == "received" for n, _ in kept):
+        client = ClientInfo(addr="127.0.0.1", name="localhost", helo="replay")
+        kept.insert(0, received_header(client, hostname, "", recipients, datetime.now(UTC)))
+    return render(kept) + b"\r\n"
+
+
+def replay(
+    config: MilterConfig, raw: bytes, sender: str, recipients: list[str]
+) -> tuple[ShadowVerdict, ScanReport]:
+    """Scan `raw` with the configured backends and decide, as the milter would."""
+    message = split_message(raw)
+    prefix = scan_prefix(message.headers, config.hostname, recipients)
+    scanner = Scanner(config, workers=2)
+    spool = Spool(config.spool_memory_limit, config.spool_dir)
+    try:
+        spool.write(message.body)
+        deadline = time.monotonic() + config.time_budget
+        report = scanner.scan(prefix, spool, deadline, lambda: None)
+    finally:
+        spool.close()
+        scanner.shutdown()
+    verdict = shadow_decide(report.virus, report.spam, verdict_policy(config), config.shadow)
+    return verdict, report
+
+
+def describe(
+    verdict: ShadowVerdict, report: ScanReport, sender: str, recipients: list[str]
+) -> dict[str, Any]:
+    """The decision as a JSON-ready dict, shaped like the milter's transaction event."""
+    applied = verdict.applied
+    result: dict[str, Any] = {
+        "sender": sender,
+        "recipients": recipients,
+        **scan_fields(report),
+        "action": applied.action.value,
+        "reason": applied.reason,
+        "reply": str(applied.reply) if applied.reply else "250 (accepted)",
+        "headers_added": dict(applied.headers),
+        "timings_ms": report.timings_ms,
+    }
+    if verdict.would is not None:
+        result.update(
+            shadow=True,
+            would_action=verdict.would.action.value,
+            would_reason=verdict.would.reason,
+            would_reply=str(verdict.would.reply),
+        )
+    return result
