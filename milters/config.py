@@ -156,7 +156,7 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     return delivery
 
 
-def _metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
+def metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
     """`127.0.0.1:9898` (or `inet:127.0.0.1:9898`): where Prometheus scrapes; absent = off.
 
     Only TCP: prometheus_client serves HTTP on a TCP port. Not restricted to loopback, because
@@ -195,7 +195,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
     if spool_dir is not None and not Path(spool_dir).is_dir():
         milter.problem("spool_dir", f"{spool_dir} is not a directory")
     shadow = milter.boolean("shadow", d.shadow)
-    metrics_listen = _metrics_address(milter, "metrics_listen")
+    metrics_listen = metrics_address(milter, "metrics_listen")
     shutdown_grace = milter.seconds("shutdown_grace", time_budget, minimum=0.0)
     milter.finish()
     log = top.section("log")

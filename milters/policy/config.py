@@ -11,7 +11,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milters.backend import Address, AddressError, UnixAddress, parse_address
+from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
+from milters.config import metrics_address
 from milters.configkit import ConfigError, ConfigReader, load_yaml
 
 __all__ = [
@@ -111,6 +112,7 @@ class PolicyConfig:
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     log_file: str | None = None
+    metrics_listen: InetAddress | None = None  # Prometheus endpoint; off when None
     source: str = "<defaults>"
 
 
@@ -249,6 +251,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         "max_request_bytes", d.max_request_bytes, minimum=1024, maximum=1024 * 1024
     )
     max_attributes = policy.integer("max_attributes", d.max_attributes, minimum=10, maximum=1000)
+    metrics_listen = metrics_address(policy, "metrics_listen")
     policy.finish()
     log = top.section("log")
     log_file = log.optional_text("file")
@@ -265,6 +268,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         mailbox=_mailbox(top.section("mailbox")),
         rate_limits=_rate_limits(top.section("rate_limits")),
         log_file=log_file,
+        metrics_listen=metrics_listen,
         source=source,
     )
     top.finish()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from milters.backend import UnixAddress, parse_address
 from milters.configkit import ConfigError
 from milters.jsonlog import EventLog
+from milters.metrics import PolicyMetrics
+from milters.metrics import serve as serve_metrics
 from milters.policy.config import PolicyConfig, load_policy_config
 from milters.policy.decide import Decision, Facts, apply_rate, decide, plan, rate_key
 from milters.policy.directory import LdapDirectory
@@ -76,8 +78,10 @@ class PolicyServer:
         log: EventLog,
         backends_factory: BackendsFactory = default_backends,
         clock: Callable[[], float] = time.monotonic,
+        metrics: PolicyMetrics | None = None,
     ) -> None:
         self._factory = backends_factory
+        self.metrics = metrics
         self._state = _State(config, backends_factory(config))
         self.log = log
         self._clock = clock
@@ -225,7 +229,7 @@ class PolicyServer:
         except Exception as exc:
             decision, detail = INTERNAL, f"{type(exc).__name__}: {exc}"
         outages = gathered.outages
-        self.log.emit(
+        record = self.log.emit(
             "policy_decision",
             queue_id=request.get("queue_id") or None,
             instance=request.get("instance") or None,
@@ -242,6 +246,8 @@ class PolicyServer:
             mailbox_cached=gathered.mailbox_cached,
             latency_ms=round((self._clock() - start) * 1000, 3),
         )
+        if self.metrics is not None:
+            self.metrics.observe(record)
         return decision.action
 
 
@@ -252,7 +258,11 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 
 async def serve(config: PolicyConfig, backends_factory: BackendsFactory = default_backends) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads."""
-    server = PolicyServer(config, EventLog(config.log_file), backends_factory)
+    metrics = None
+    if config.metrics_listen is not None:
+        metrics = PolicyMetrics()
+        serve_metrics(config.metrics_listen, metrics.registry)
+    server = PolicyServer(config, EventLog(config.log_file), backends_factory, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)

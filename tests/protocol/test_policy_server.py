@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from milters.jsonlog import EventLog
+from milters.metrics import PolicyMetrics
 from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, parse_policy_config
 from milters.policy.decide import User
 from milters.policy.directory import DirectoryUnavailable
@@ -118,11 +119,16 @@ class Harness:
 
 
 @asynccontextmanager
-async def running(config: PolicyConfig) -> AsyncIterator[Harness]:
+async def running(
+    config: PolicyConfig, metrics: PolicyMetrics | None = None
+) -> AsyncIterator[Harness]:
     stream = io.StringIO()
     directory = FakeDirectory()
     server = PolicyServer(
-        config, EventLog(stream=stream), lambda _c: Backends(directory, FakeMailboxes())
+        config,
+        EventLog(stream=stream),
+        lambda _c: Backends(directory, FakeMailboxes()),
+        metrics=metrics,
     )
     await server.start()
     serving = asyncio.create_task(server.serve_until_stopped())
@@ -465,3 +471,27 @@ def test_threads_do_not_leak_between_servers(tmp_path: Path) -> None:
     run_async(test)
     time.sleep(0.2)
     assert threading.active_count() <= before + 1
+
+
+def test_metrics_count_each_decision(tmp_path: Path) -> None:
+    metrics = PolicyMetrics()
+
+    async def test() -> None:
+        async with running(config_for(tmp_path), metrics) as h:
+            reader, writer = await h.connect()
+            await ask(writer, reader, request(recipient="nobody@example.org"))
+            await ask(writer, reader, request(recipient="nobody@example.org"))
+            await ask(writer, reader, request())
+            writer.close()
+
+    run_async(test)
+    samples = {
+        (s.labels["decision"], s.labels["reason"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "mailglue_policy_decisions"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert sum(samples.values()) == 3
+    rejects = [v for (decision, _), v in samples.items() if decision == "reject"]
+    assert rejects == [2.0]
