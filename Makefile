@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps debian-packages venv lint typecheck unit test up down clean
+.PHONY: deps debian-packages venv lint typecheck unit test bench bench-quick up down clean
 
 deps: debian-packages venv
 
@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml | debian-packages
 	touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check milters lmtp_bridge tests
-	$(VENV)/bin/ruff format --check milters lmtp_bridge tests
+	$(VENV)/bin/ruff check milters lmtp_bridge tests bench
+	$(VENV)/bin/ruff format --check milters lmtp_bridge tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy milters lmtp_bridge
@@ -34,6 +34,16 @@ unit: venv
 
 test: deps lint typecheck
 	$(VENV)/bin/pytest -ra tests
+
+# Benchmarks against the peers (installs spamass-milter, clamav-milter, amavisd-new itself).
+# Results: bench/results/latest.{json,md,png}. The full grid takes ~35 minutes.
+bench: deps
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench
+
+bench-quick: deps
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

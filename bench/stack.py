@@ -1,0 +1,185 @@
+"""The benchmark stack: one spamd, one clamd, one Cyrus shared by every configuration, and one
+Postfix per configuration, all started once so every configuration runs in the same conditions
+and repetitions can be interleaved (the machine's speed drifts by up to ~10 % over minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.harness.clamd import Clamd
+from tests.harness.cyrus import Cyrus
+from tests.harness.milter import ScanMilter
+from tests.harness.postfix import Postfix
+from tests.harness.process import LOOPBACK, ManagedProcess, free_port
+from tests.harness.spamd import Spamd
+
+from .meter import ProcessGroup
+from .peers import Amavis, ClamavMilter, SpamassMilter, amavis_master_cf
+
+SPAMD_CHILDREN = 5
+SPAM_MAX_SIZE = 512 * 1024  # the milter's spam.max_size default; spamc's is 500 KB
+QUEUE_DIRS = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+class BenchPostfix(Postfix):
+    """A harness Postfix with extra master.cf services (amavisd's transport and re-injection)."""
+
+    def __init__(self, *args: Any, master_extra: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.master_extra = master_extra
+
+    def configure(self) -> None:
+        super().configure()
+        if self.master_extra:
+            master = self.config_dir / "master.cf"
+            master.write_text(master.read_text() + self.master_extra)
+            past = time.time() - 60
+            os.utime(master, (past, past))
+
+    def queued(self) -> int:
+        """Messages still in the queue (cheaper than postqueue when polled)."""
+        total = 0
+        for d in QUEUE_DIRS:
+            for _, _, files in os.walk(self.queue_dir / d):
+                total += len(files)
+        return total
+
+
+def _pgid(process: ManagedProcess | None) -> int:
+    assert process is not None and process.proc is not None
+    return process.proc.pid
+
+
+@dataclass
+class Target:
+    """One configuration under test: where to send mail, and which processes are its filter."""
+
+    name: str
+    postfix: BenchPostfix | None  # None: the limit, driven without an MTA
+    filters: list[ProcessGroup] = field(default_factory=list)
+    stop: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Stack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.spamd = Spamd(root / "spamd", max_children=SPAMD_CHILDREN)
+        self.clamd = Clamd(root / "clamd")
+        self.cyrus = Cyrus(root / "cyrus")
+        self.groups = {"spamd": ProcessGroup("spamd"), "clamd": ProcessGroup("clamd")}
+        self.targets: dict[str, Target] = {}
+        self._stops: list[Callable[[], None]] = []
+
+    def start_backends(self) -> None:
+        for daemon in (self.spamd, self.clamd, self.cyrus):
+            daemon.start()
+            self._stops.append(daemon.stop)
+        self.cyrus.create_mailbox("alice")
+        self.groups["spamd"].adopt(_pgid(self.spamd._proc))
+        self.groups["clamd"].adopt(_pgid(self.clamd._proc))
+
+    def _postfix(self, name: str, milters: str | None, **main: str) -> BenchPostfix:
+        extra = main.pop("master_extra", "")
+        params: Mapping[str, str] = {
+            "milter_content_timeout": "600s",
+            "default_process_limit": "200",
+            **main,
+        }
+        pf = BenchPostfix(
+            self.root / f"postfix-{name}",
+            self.cyrus.lmtp_socket,
+            (LOOPBACK, free_port()),
+            milters,
+            params,
+            master_extra=extra,
+        )
+        pf.start()
+        self._stops.append(pf.stop)
+        return pf
+
+    def _mailglue_milter(self, name: str, mode: str) -> ScanMilter:
+        milter = ScanMilter(
+            self.root / name,
+            free_port(),
+            {
+                "milter": {"hostname": "mx.example.org"},
+                "spam": {"backends": [f"inet:{self.spamd.host}:{self.spamd.port}"]},
+                "virus": {"backends": [f"unix:{self.clamd.socket_path}"]},
+                "delivery": {
+                    "mode": mode,
+                    "local_domains": ["example.org"],
+                    "lmtp_backend": f"unix:{self.cyrus.lmtp_socket}",
+                },
+            },
+        )
+        milter.ensure()
+        self._stops.append(milter.stop)
+        return milter
+
+    def add(self, name: str) -> Target:
+        """Start configuration `name` (see CONFIGS) and remember it."""
+        make: Callable[[], Target] = getattr(self, f"_make_{name.replace('-', '_')}")
+        target = make()
+        self.targets[name] = target
+        return target
+
+    def _make_limit(self) -> Target:
+        return Target("limit", None)
+
+    def _make_baseline(self) -> Target:
+        return Target("baseline", self._postfix("baseline", None))
+
+    def _mailglue(self, name: str, mode: str) -> Target:
+        milter = self._mailglue_milter(name, mode)
+        group = ProcessGroup(name)
+        group.adopt(_pgid(milter.process))
+        pf = self._postfix(name, f"inet:{LOOPBACK}:{milter.port}")
+        return Target(name, pf, [group])
+
+    def _make_mailglue(self) -> Target:
+        return self._mailglue("mailglue", "lmtp")
+
+    def _make_mailglue_queue(self) -> Target:
+        return self._mailglue("mailglue-queue", "queue")
+
+    def _make_milter_peers(self) -> Target:
+        spamass = SpamassMilter(self.root / "spamass-milter", self.spamd)
+        clamav = ClamavMilter(self.root / "clamav-milter", self.clamd)
+        spamass.start()
+        self._stops.append(spamass.stop)
+        clamav.start()
+        self._stops.append(clamav.stop)
+        groups = [ProcessGroup("spamass-milter"), ProcessGroup("clamav-milter")]
+        groups[0].adopt(_pgid(spamass.process))
+        groups[1].adopt(_pgid(clamav.process))
+        pf = self._postfix("milter-peers", f"{spamass.socket}, {clamav.socket}")
+        return Target("milter-peers", pf, groups)
+
+    def _make_amavis(self) -> Target:
+        reinject = free_port()
+        amavis = Amavis(self.root / "amavis", self.spamd, self.clamd, reinject)
+        amavis.start()
+        self._stops.append(amavis.stop)
+        group = ProcessGroup("amavisd")
+        group.adopt(_pgid(amavis.process))
+        pf = self._postfix(
+            "amavis",
+            None,
+            content_filter=f"amavisfeed:[{LOOPBACK}]:{amavis.port}",
+            master_extra=amavis_master_cf(amavis.port, reinject, amavis.children),
+        )
+        return Target("amavis", pf, [group])
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"stop failed: {exc}")
+        self._stops.clear()
