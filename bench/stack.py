@@ -81,8 +81,8 @@ class Stack:
             daemon.start()
             self._stops.append(daemon.stop)
         self.cyrus.create_mailbox("alice")
-        self.groups["spamd"].adopt(_pgid(self.spamd._proc))
-        self.groups["clamd"].adopt(_pgid(self.clamd._proc))
+        self.groups["spamd"].adopt(_pgid(self.spamd.process))
+        self.groups["clamd"].adopt(_pgid(self.clamd.process))
 
     def _postfix(self, name: str, milters: str | None, **main: str) -> BenchPostfix:
         extra = main.pop("master_extra", "")

@@ -42,20 +42,20 @@ DOWN_SECONDS = 2.0  # how long a killed daemon stays dead before it is restarted
 
 
 def kill_spamd(stack: FaultStack) -> None:
-    sigkill(stack.spamd._proc, [stack.spamd.address])
+    sigkill(stack.spamd.process, [stack.spamd.address])
     time.sleep(DOWN_SECONDS)
     stack.spamd.start()
 
 
 def kill_clamd(stack: FaultStack) -> None:
-    sigkill(stack.clamd._proc, [stack.clamd.address, stack.clamd.socket_path])
+    sigkill(stack.clamd.process, [stack.clamd.address, stack.clamd.socket_path])
     time.sleep(DOWN_SECONDS)
     stack.clamd.start()
 
 
 def kill_cyrus(stack: FaultStack) -> None:
     c = stack.cyrus
-    sigkill(c._proc, [c.imap_address, c.lmtp_address, c.lmtp_socket])
+    sigkill(c.process, [c.imap_address, c.lmtp_address, c.lmtp_socket])
     time.sleep(DOWN_SECONDS)
     c.start()
 

@@ -43,6 +43,11 @@ class Cyrus:
         self._proc: ManagedProcess | None = None
 
     @property
+    def process(self) -> ManagedProcess | None:
+        """The running daemon's process (None when stopped), for fault injection."""
+        return self._proc
+
+    @property
     def imap_address(self) -> tuple[str, int]:
         return (self.host, self.imap_port)
 

@@ -104,6 +104,11 @@ class Spamd:
         self._proc: ManagedProcess | None = None
 
     @property
+    def process(self) -> ManagedProcess | None:
+        """The running daemon's process (None when stopped), for fault injection."""
+        return self._proc
+
+    @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
 
