@@ -20,7 +20,8 @@ from typing import Any
 
 from milters.config import MilterConfig
 from milters.headers import ClientInfo, is_owned, received_header, render
-from milters.scan_milter import scan_fields, verdict_policy
+from milters.milter_service import verdict_policy
+from milters.scan_milter import scan_fields
 from milters.scanner import Scanner, ScanReport
 from milters.shadow import ShadowVerdict, shadow_decide
 from milters.spool import Spool

@@ -1,0 +1,127 @@
+"""What every milter connection shares: the config, scanner, LMTP pool, log and metrics.
+
+Kept apart from the pymilter callbacks (scan_milter.py) because it also owns reload: a SIGHUP
+swaps config, scanner and deliverer as one `Runtime`, and each transaction samples exactly one.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from milters.config import MilterConfig, load_config
+from milters.configkit import ConfigError
+from milters.delivery import Deliverer
+from milters.jsonlog import EventLog
+from milters.lifecycle import InFlight
+from milters.metrics import MilterMetrics
+from milters.scanner import Scanner
+from milters.verdict import VerdictPolicy
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What one transaction runs with, taken once at end-of-message so a reload in the middle
+    never mixes two configs in one decision."""
+
+    config: MilterConfig
+    scanner: Scanner
+    deliverer: Deliverer | None
+
+    @property
+    def policy(self) -> VerdictPolicy:
+        return verdict_policy(self.config)
+
+
+def verdict_policy(config: MilterConfig) -> VerdictPolicy:
+    spam, virus = config.spam, config.virus
+    return VerdictPolicy(
+        tag_above=spam.tag_above,
+        reject_at=spam.reject_at,
+        spamd_on_failure=spam.on_failure,
+        clamd_on_failure=virus.on_failure,
+        clamd_on_oversize=virus.on_oversize,
+    )
+
+
+def make_deliverer(config: MilterConfig) -> Deliverer | None:
+    if config.delivery.mode != "lmtp":
+        return None  # delivery.mode queue: Postfix delivers
+    return Deliverer(config.delivery, config.hostname)
+
+
+@dataclass
+class MilterService:
+    """What all connections share: config, scanner threads, the event log, the metrics."""
+
+    config: MilterConfig
+    scanner: Scanner
+    log: EventLog
+    deliverer: Deliverer | None = None  # None: delivery.mode queue
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="lmtp")
+    )
+    metrics: MilterMetrics | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
+    _swap: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def policy(self) -> VerdictPolicy:
+        return verdict_policy(self.config)
+
+    def runtime(self) -> Runtime:
+        with self._swap:
+            return Runtime(self.config, self.scanner, self.deliverer)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = self.log.emit(event, **fields)
+        if event == "transaction" and self.metrics is not None:
+            self.metrics.observe(record)
+
+    def reload(self) -> bool:
+        """Re-read and re-validate the config file (SIGHUP); a bad one is refused, logged,
+        and the running config stays. Transactions already past MAIL FROM finish with the
+        config they sampled; the old scanner and LMTP pool are released one budget later."""
+        old = self.runtime()
+        try:
+            config = load_config(old.config.source)
+        except ConfigError as exc:
+            self.emit("config_reload_failed", config=old.config.source, problems=exc.problems)
+            if self.metrics is not None:
+                self.metrics.reloads.labels("refused").inc()
+            return False
+        fixed = [
+            key
+            for key, before, after in (
+                ("milter.listen", old.config.listen, config.listen),
+                ("milter.metrics_listen", old.config.metrics_listen, config.metrics_listen),
+            )
+            if before != after
+        ]
+        if fixed:
+            self.emit(
+                "config_reload_warning",
+                config=config.source,
+                message=f"{', '.join(fixed)} change only at restart; keeping the old ones",
+            )
+        if config.log_file != old.config.log_file:
+            self.log = EventLog(config.log_file)  # the old one is closed when unreferenced
+        scanner, deliverer = Scanner(config), make_deliverer(config)
+        with self._swap:
+            self.config, self.scanner, self.deliverer = config, scanner, deliverer
+        later = threading.Timer(old.config.time_budget + 5, release, (old,))
+        later.daemon = True
+        later.start()
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok").inc()
+        self.emit("config_reloaded", config=config.source, shadow=config.shadow)
+        return True
+
+
+def release(old: Runtime) -> None:
+    """Stop an old runtime's scanner threads and close its LMTP connections."""
+    old.scanner.shutdown()
+    if old.deliverer is not None:
+        old.deliverer.close()
