@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from milters.config import MilterConfig, load_config
@@ -105,6 +105,10 @@ class MilterService:
                 "config_reload_warning",
                 config=config.source,
                 message=f"{', '.join(fixed)} change only at restart; keeping the old ones",
+            )
+            # What runs is what the config in force says: the sockets stay where they are.
+            config = replace(
+                config, listen=old.config.listen, metrics_listen=old.config.metrics_listen
             )
         if config.log_file != old.config.log_file:
             self.log = EventLog(config.log_file)  # the old one is closed when unreferenced
