@@ -6,10 +6,12 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ANSIBLE_VENV := .venv-ansible
+ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
-.PHONY: deps debian-packages venv lint typecheck unit test bench bench-quick up down clean
+.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick up down clean
 
-deps: debian-packages venv
+deps: debian-packages venv ansible-venv
 
 debian-packages:
 	bash scripts/install-debian-packages.sh
@@ -22,9 +24,23 @@ $(STAMP): pyproject.toml | debian-packages
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-lint: venv
+# Ansible, ansible-lint and yamllint live in their own virtualenv (pinned in
+# ansible/requirements-python.txt), apart from the project's dependencies.
+ansible-venv: $(ANSIBLE_STAMP)
+
+$(ANSIBLE_STAMP): ansible/requirements-python.txt
+	test -x $(ANSIBLE_VENV)/bin/python || $(PYTHON) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install --quiet --disable-pip-version-check -r ansible/requirements-python.txt
+	touch $@
+
+lint: venv ansible-lint
 	$(VENV)/bin/ruff check milters lmtp_bridge tests bench
 	$(VENV)/bin/ruff format --check milters lmtp_bridge tests bench
+
+ansible-lint: ansible-venv
+	cd ansible && ../$(ANSIBLE_VENV)/bin/yamllint -s . && ../$(ANSIBLE_VENV)/bin/ansible-lint
+	cd ansible && ../$(ANSIBLE_VENV)/bin/ansible-playbook -i inventories/split \
+		--vault-password-file inventories/split/vault-password.example site.yml --syntax-check
 
 typecheck: venv
 	$(VENV)/bin/mypy milters lmtp_bridge
@@ -45,5 +61,17 @@ bench-quick: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(VPY) -m bench --quick
 
+# Deploy the whole stack on this machine (Ansible, single-host inventory) and prove it with
+# a test mail; `make down` stops what it started.
+up: deps
+	bash scripts/up.sh
+
+down:
+	bash scripts/down.sh
+
+# Only the deployment test (it is part of `make test` too).
+deploy-test: deps
+	$(VENV)/bin/pytest -ra tests/deploy
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ANSIBLE_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,255 @@
+"""Deployment test: the playbook applied to this machine, then black-box checks over the
+standard ports (25, 587, 993), as DESIGN.md's fourth testing layer describes.
+
+It installs daemons system-wide and runs them on the standard ports, so it only runs as root
+on Debian; set MAILGLUE_SKIP_DEPLOY=1 to skip it, MAILGLUE_DEPLOY_REUSE=1 to run only the
+black-box checks against what is already deployed. One module-scoped fixture deploys (twice,
+plus a --check --diff run); every test below then talks to the deployed stack.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import importlib.util
+import json
+import os
+import re
+import smtplib
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
+        reason="deploys system daemons: needs root on Debian",
+    ),
+    pytest.mark.skipif(
+        os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = ROOT / "ansible"
+VENV = ROOT / ".venv-ansible"
+PINS = ["ansible-core==2.19.14", "ansible-lint==26.10.1", "yamllint==1.38.0"]
+INVENTORY = "inventories/single"
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def load_smoke() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mailglue_smoke", ROOT / "scripts/smoke.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+smoke = load_smoke()
+
+
+def ensure_ansible() -> Path:
+    playbook = VENV / "bin/ansible-playbook"
+    if not playbook.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
+        subprocess.run(
+            [str(VENV / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", *PINS],
+            check=True,
+        )
+    return playbook
+
+
+def run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    proc = subprocess.run(
+        [str(ensure_ansible()), "-i", INVENTORY, "site.yml", *extra],
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    sys.stdout.write(proc.stdout[-4000:])
+    return proc
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"^localhost\s+:\s+(.*)$", output, re.MULTILINE)
+    assert match, f"no PLAY RECAP in output:\n{output[-3000:]}"
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def changed_tasks(output: str) -> list[str]:
+    """Names of the tasks that reported a change (for a readable failure)."""
+    names, current = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:"):
+            names.append(f"{current}: {line}")
+    return names
+
+
+def inventory_vars() -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(VENV / "bin/ansible-inventory"), "-i", INVENTORY, "--host", "localhost"],
+        cwd=ANSIBLE_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def secrets(variables: dict[str, Any]) -> list[str]:
+    found = [
+        str(variables[k])
+        for k in ("ldap_root_password", "mail_ldap_service_password", "mail_admin_password")
+        if variables.get(k)
+    ]
+    found += [u["password"] for u in variables.get("ldap_users", [])]
+    return found
+
+
+@pytest.fixture(scope="module")
+def deployed() -> dict[str, Any]:
+    if os.environ.get("MAILGLUE_DEPLOY_REUSE") == "1":
+        # Iterating on the checks below: skip the playbook runs, use what is deployed.
+        ensure_ansible()
+        return checked_stack(inventory_vars())
+    first = run_playbook()
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
+
+    second = run_playbook()
+    assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-2000:]
+    assert recap(second.stdout)["changed"] == 0, "second run changed:\n" + "\n".join(
+        changed_tasks(second.stdout)
+    )
+
+    check = run_playbook("--check", "--diff")
+    assert check.returncode == 0, check.stdout[-6000:] + check.stderr[-2000:]
+    assert recap(check.stdout)["changed"] == 0, "--check --diff would change:\n" + "\n".join(
+        changed_tasks(check.stdout)
+    )
+    variables = inventory_vars()
+    output = first.stdout + second.stdout + check.stdout + check.stderr
+    leaked = [s for s in secrets(variables) if s in output]
+    assert not leaked, f"{len(leaked)} secret(s) printed by the playbook runs"
+
+    return checked_stack(variables)
+
+
+def checked_stack(variables: dict[str, Any]) -> dict[str, Any]:
+    users = variables["ldap_users"]
+    # Cyrus creates a mailbox at the user's first login; log every test user in once.
+    for user in users:
+        with smoke.imap_login(user["uid"], user["password"]):
+            pass
+    return {"users": users, "vars": variables}
+
+
+def user(deployed: dict[str, Any], index: int) -> dict[str, str]:
+    u: dict[str, str] = deployed["users"][index]
+    return u
+
+
+def test_clean_mail_is_delivered_and_read_over_imaps(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    subject = f"deploy clean {uuid.uuid4().hex}"
+    code, text = smoke.send(smoke.message("sender@example.net", alice["mail"], subject, "hello\n"))
+    assert code == 250, text
+    headers = smoke.find_subject(alice["uid"], alice["password"], subject, timeout=60)
+    assert headers is not None, "clean mail not in INBOX"
+    assert b"X-Spam-Status: No" in headers
+
+
+def test_gtube_is_rejected_with_550(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    msg = smoke.message("sender@example.net", alice["mail"], "deploy gtube", smoke.GTUBE + "\n")
+    code, text = smoke.send(msg)
+    assert code == 550, text
+
+
+def test_eicar_is_rejected_with_554(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    msg = smoke.message("sender@example.net", alice["mail"], "deploy eicar", EICAR + "\n")
+    code, text = smoke.send(msg)
+    assert code == 554, text
+    assert "virus" in text.lower()
+
+
+def test_unknown_recipient_is_refused_at_rcpt(deployed: dict[str, Any]) -> None:
+    with smtplib.SMTP("127.0.0.1", 25, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("sender@example.net")[0] == 250
+        code, text = smtp.rcpt(f"nobody-{uuid.uuid4().hex[:8]}@{deployed['vars']['mail_domain']}")
+    assert code == 550, text
+
+
+def test_relay_to_an_outside_domain_is_refused(deployed: dict[str, Any]) -> None:
+    with smtplib.SMTP("127.0.0.1", 25, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("sender@example.net")[0] == 250
+        code, text = smtp.rcpt("someone@example.com")
+    assert code in (550, 554), text
+    assert b"Relay access denied" in text
+
+
+def test_submission_refuses_auth_without_tls(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    token = base64.b64encode(f"\0{alice['uid']}\0{alice['password']}".encode()).decode()
+    with smtplib.SMTP("127.0.0.1", 587, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth"), "AUTH offered before STARTTLS"
+        code, text = smtp.docmd("AUTH", f"PLAIN {token}")
+    assert code in (503, 530, 538), text
+
+
+def test_submission_accepts_auth_with_tls(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    with smtplib.SMTP("127.0.0.1", 587, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        smtp.starttls(context=smoke.tls_context())
+        smtp.ehlo()
+        code, text = smtp.login(alice["uid"], alice["password"])
+    assert code == 235, text
+
+
+def test_submission_refuses_a_wrong_password(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    with smtplib.SMTP("127.0.0.1", 587, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        smtp.starttls(context=smoke.tls_context())
+        smtp.ehlo()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            smtp.login(alice["uid"], "not-the-password")
+
+
+def test_learnspam_takes_append_but_refuses_reading(deployed: dict[str, Any]) -> None:
+    bob = user(deployed, 1)
+    folder = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
+    raw = (
+        b"From: spammer@example.net\r\nTo: bob@example.org\r\nSubject: misclassified "
+        + uuid.uuid4().hex.encode()
+        + b"\r\n\r\nbuy now\r\n"
+    )
+    with smoke.imap_login(bob["uid"], bob["password"]) as imap:
+        status, data = imap.append(folder, None, imaplib.Time2Internaldate(time.time()), raw)
+        assert status == "OK", data
+        status, data = imap.select(folder)
+        assert status == "NO", data
+        status, data = imap.select(folder, readonly=True)  # EXAMINE
+        assert status == "NO", data
+        # Not selected, so FETCH cannot even be sent; STATUS (message count) is refused too.
+        status, data = imap.status(folder, "(MESSAGES)")
+        assert status == "NO", data
