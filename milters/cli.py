@@ -114,14 +114,32 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    """Teach spamd from the LearnSpam folder; exit 1 if any message could not be learned."""
+    """Teach spamd from the LearnSpam folder; exit 1 if any message could not be learned.
+
+    With `--every N` it runs again every N seconds until stopped: the form a service manager
+    without timers (supervisor) can run, re-reading the config before each pass.
+    """
+    import time
+
+    while True:
+        status = _learn_once(args.config)
+        if args.every is None:
+            return status
+        time.sleep(args.every)
+
+
+def _learn_once(path: str) -> int:
     import imaplib
 
     from milters.jsonlog import EventLog
     from milters.learn import Learner
     from milters.learnconfig import load_learn_config
 
-    config = load_learn_config(args.config)
+    try:
+        config = load_learn_config(path)
+    except ConfigError as exc:
+        print(f"mailglue learn: configuration error:\n{exc}", file=sys.stderr)
+        return 2
     log = EventLog(config.log_file, stream=None if config.log_file else sys.stderr)
     try:
         summary = Learner(config, log).run()
@@ -130,7 +148,7 @@ def _learn(args: argparse.Namespace) -> int:
         return 1
     finally:
         log.close()
-    print(summary.line())
+    print(summary.line(), flush=True)
     return 1 if summary.counts.get("error") else 0
 
 
@@ -214,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     learn = sub.add_parser("learn", help="teach spamd from the LearnSpam folder")
     learn.add_argument("--config", required=True, help="path to learn.yaml")
+    learn.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run again every SECONDS until stopped (run as a service; Ansible does this)",
+    )
     learn.set_defaults(handler=_learn)
 
     replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")
