@@ -26,7 +26,15 @@ from tests.harness.milter import ScanMilter, wait_for
 from tests.harness.postfix import Postfix
 from tests.harness.process import free_port
 from tests.harness.smtp import Transaction, send
-from tests.harness.spamd import RULE_3_0, RULE_3_1, RULE_4_0, RULE_4_9, RULE_5_0, TestRule
+from tests.harness.spamd import (
+    RULE_3_0,
+    RULE_3_1,
+    RULE_4_0,
+    RULE_4_9,
+    RULE_4_999,
+    RULE_5_0,
+    TestRule,
+)
 
 SENDER = "bob@relay.test"
 
@@ -133,8 +141,9 @@ def test_virus_is_rejected_554_naming_the_signature(
         (RULE_3_1, True, "***"),
         (RULE_4_0, True, "****"),
         (RULE_4_9, True, "****"),
+        (RULE_4_999, True, "****"),  # spamd's own Spam: line would say 4.9
     ],
-    ids=["3.0", "3.1", "4.0", "4.9"],
+    ids=["3.0", "3.1", "4.0", "4.9", "4.999"],
 )
 def test_score_bands_below_reject(
     scan_milter: ScanMilter,
