@@ -28,11 +28,16 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _config_kind(path: str) -> str:
-    """A policy config has a top-level `policy:` section; anything else is a milter config."""
+    """Which daemon's file: a policy config has a top-level `policy:` section, a learn config
+    an `imap:` section; anything else is a milter config."""
     from milters.configkit import load_yaml
 
     _, data = load_yaml(path)
-    return "policy" if isinstance(data, dict) and "policy" in data else "milter"
+    if isinstance(data, dict):
+        for section, kind in (("policy", "policy"), ("imap", "learn")):
+            if section in data:
+                return kind
+    return "milter"
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -45,6 +50,13 @@ def _check_config(args: argparse.Namespace) -> int:
         from milters.policy.config import load_policy_config
 
         config: object = load_policy_config(args.config)
+    elif kind == "learn":
+        from milters.learnconfig import load_learn_config
+
+        learn = load_learn_config(args.config)
+        config = dataclasses.replace(
+            learn, imap=dataclasses.replace(learn.imap, password="********")
+        )
     else:
         from milters.config import load_config
 
@@ -209,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     policy.set_defaults(handler=_policy)
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("config", help="path to milter.yaml or policy.yaml")
+    check.add_argument("config", help="path to milter.yaml, policy.yaml or learn.yaml")
     check.add_argument(
         "--kind",
-        choices=("milter", "policy"),
+        choices=("milter", "policy", "learn"),
         help="which daemon's config (default: guessed from the file)",
     )
     check.set_defaults(handler=_check_config)

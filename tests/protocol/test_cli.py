@@ -40,3 +40,15 @@ def test_milter_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     result = run("milter", "--config", str(path))
     assert result.returncode == 2
     assert "key 'milter.listen'" in result.stderr
+
+
+def test_learn_config_is_recognised_and_its_password_masked(tmp_path: Path) -> None:
+    secret = tmp_path / "imap.secret"
+    secret.write_text("hunter2-not-for-logs\n")
+    path = tmp_path / "learn.yaml"
+    path.write_text(f"imap:\n  password_file: {secret}\n  security: none\n  port: 143\n")
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["kind"] == "learn" and printed["imap"]["password"] == "********"
+    assert "hunter2" not in result.stdout
