@@ -253,3 +253,51 @@ def test_learnspam_takes_append_but_refuses_reading(deployed: dict[str, Any]) ->
         # Not selected, so FETCH cannot even be sent; STATUS (message count) is refused too.
         status, data = imap.status(folder, "(MESSAGES)")
         assert status == "NO", data
+
+
+def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any]) -> None:
+    """A tagged message a user files into LearnSpam is learned as ham and removed."""
+    bob = user(deployed, 1)
+    folder = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
+    raw = (
+        b"From: newsletter@example.net\r\nTo: bob@example.org\r\nSubject: wanted "
+        + uuid.uuid4().hex.encode()
+        + b"\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=3.5 required=3.0 tests=X=3.5\r\n"
+        + b"\r\nthe monthly report you subscribed to\r\n"
+    )
+    with smoke.imap_login(bob["uid"], bob["password"]) as imap:
+        status, data = imap.append(folder, None, imaplib.Time2Internaldate(time.time()), raw)
+        assert status == "OK", data
+    learn = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "mailglue",
+            "--",
+            "/opt/mailglue/venv/bin/mailglue",
+            "learn",
+            "--config",
+            "/etc/mailglue/learn.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert learn.returncode == 0, learn.stdout + learn.stderr
+    assert re.search(r"\b1 ham\b", learn.stdout), learn.stdout
+    again = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "mailglue",
+            "--",
+            "/opt/mailglue/venv/bin/mailglue",
+            "learn",
+            "--config",
+            "/etc/mailglue/learn.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "ham" not in again.stdout, again.stdout + again.stderr
