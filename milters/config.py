@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigError, ConfigReader, load_yaml
+from milters.configkit import ConfigError, ConfigReader, load_yaml, metrics_address
 
 FAILURE_POLICIES = ("tempfail", "accept")
 OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
@@ -154,26 +154,6 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
         reader.problem("local_domains", "mode lmtp needs the domains delivered to Cyrus")
     reader.finish()
     return delivery
-
-
-def metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
-    """`127.0.0.1:9898` (or `inet:127.0.0.1:9898`): where Prometheus scrapes; absent = off.
-
-    Only TCP: prometheus_client serves HTTP on a TCP port. Not restricted to loopback, because
-    a scanner pool may be scraped from another host, but the README says to keep it local.
-    """
-    text = reader.optional_text(key)
-    if text is None:
-        return None
-    try:
-        address = parse_address(text if text.startswith(("inet:", "unix:")) else f"inet:{text}")
-    except AddressError as exc:
-        reader.problem(key, str(exc))
-        return None
-    if not isinstance(address, InetAddress):
-        reader.problem(key, f"must be HOST:PORT (HTTP over TCP), got {text!r}")
-        return None
-    return address
 
 
 def parse_config(source: str, data: object) -> MilterConfig:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from milters.backend import AddressError, InetAddress, parse_address
+
 Number = TypeVar("Number", int, float)
 
 
@@ -201,3 +203,23 @@ class ConfigReader:
             self.problem(key, f"must be at most {maximum}, got {value}")
             return default
         return value
+
+
+def metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
+    """`127.0.0.1:9898` (or `inet:127.0.0.1:9898`): where Prometheus scrapes; absent = off.
+
+    Only TCP: prometheus_client serves HTTP on a TCP port. Not restricted to loopback, because
+    a scanner pool may be scraped from another host, but the README says to keep it local.
+    """
+    text = reader.optional_text(key)
+    if text is None:
+        return None
+    try:
+        address = parse_address(text if text.startswith(("inet:", "unix:")) else f"inet:{text}")
+    except AddressError as exc:
+        reader.problem(key, str(exc))
+        return None
+    if not isinstance(address, InetAddress):
+        reader.problem(key, f"must be HOST:PORT (HTTP over TCP), got {text!r}")
+        return None
+    return address

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.config import metrics_address
-from milters.configkit import ConfigError, ConfigReader, load_yaml
+from milters.configkit import ConfigError, ConfigReader, load_yaml, metrics_address
+from milters.ldapconfig import LdapConfig, Secret, read_ldap
 
 __all__ = [
     "LdapConfig",
@@ -28,48 +28,6 @@ __all__ = [
 
 PROBE_FIELDS = ("uid", "address", "local", "domain")
 DEFAULT_LMTP = UnixAddress("/run/cyrus/socket/lmtp")  # Debian's cyrus-imapd socket
-
-
-class Secret:
-    """A value that prints as a mask; `reveal()` is the only way to read it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
-        return self  # immutable; lets dataclasses.asdict() keep the mask
-
-
-@dataclass(frozen=True)
-class LdapConfig:
-    uri: str = "ldap://127.0.0.1/"
-    base: str = ""
-    bind_dn: str | None = None
-    bind_password: Secret | None = None
-    user_filter: str = "(objectClass=inetOrgPerson)"
-    uid_attribute: str = "uid"
-    address_attributes: tuple[str, ...] = ("mail",)
-    login_attributes: tuple[str, ...] = ("uid",)
-    starttls: bool = False
-    tls_ca_file: str | None = None
-    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,63 +72,6 @@ class PolicyConfig:
     log_file: str | None = None
     metrics_listen: InetAddress | None = None  # Prometheus endpoint; off when None
     source: str = "<defaults>"
-
-
-def _password(reader: ConfigReader) -> Secret | None:
-    inline = reader.optional_text("bind_password")
-    path = reader.optional_text("bind_password_file")
-    if inline is not None and path is not None:
-        reader.problem("bind_password_file", "give bind_password or bind_password_file, not both")
-        return None
-    if path is None:
-        return None if inline is None else Secret(inline)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        reader.problem("bind_password_file", f"cannot read {path}: {exc.strerror or exc}")
-        return None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        reader.problem("bind_password_file", f"{path} is empty")
-        return None
-    return Secret(secret)
-
-
-def _ldap(reader: ConfigReader) -> LdapConfig:
-    d = LdapConfig()
-    uri = reader.text("uri", d.uri)
-    if not uri.startswith(("ldap://", "ldaps://", "ldapi://")):
-        reader.problem("uri", f"must start with ldap://, ldaps:// or ldapi://, got {uri!r}")
-    base = reader.text("base", d.base)
-    if not reader.has("base"):
-        reader.problem("base", "is required (the search base, e.g. ou=people,dc=example,dc=org)")
-    bind_dn = reader.optional_text("bind_dn")
-    password = _password(reader)
-    if password is not None and bind_dn is None:
-        reader.problem("bind_dn", "is required when a bind password is given")
-    user_filter = reader.text("user_filter", d.user_filter)
-    if not (user_filter.startswith("(") and user_filter.endswith(")")):
-        reader.problem("user_filter", f"must be an LDAP filter in parentheses, got {user_filter!r}")
-    config = LdapConfig(
-        uri=uri,
-        base=base,
-        bind_dn=bind_dn,
-        bind_password=password,
-        user_filter=user_filter,
-        uid_attribute=reader.text("uid_attribute", d.uid_attribute),
-        address_attributes=reader.text_list("address_attributes", d.address_attributes),
-        login_attributes=reader.text_list("login_attributes", d.login_attributes),
-        starttls=reader.boolean("starttls", d.starttls),
-        tls_ca_file=reader.optional_text("tls_ca_file"),
-        timeout=reader.seconds("timeout", d.timeout, minimum=0.1, maximum=60),
-    )
-    for key in ("address_attributes", "login_attributes"):
-        if not getattr(config, key):
-            reader.problem(key, "needs at least one attribute")
-    if config.starttls and uri.startswith("ldaps://"):
-        reader.problem("starttls", "cannot be combined with an ldaps:// uri (already TLS)")
-    reader.finish()
-    return config
 
 
 def _mailbox(reader: ConfigReader) -> MailboxConfig:
@@ -264,7 +165,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         decision_timeout=decision_timeout,
         max_request_bytes=max_request_bytes,
         max_attributes=max_attributes,
-        ldap=_ldap(top.section("ldap")),
+        ldap=read_ldap(top.section("ldap")),
         mailbox=_mailbox(top.section("mailbox")),
         rate_limits=_rate_limits(top.section("rate_limits")),
         log_file=log_file,
