@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from lmtp_bridge.address import BackendAddress, BackendAddressError, parse_backend_address
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason
 
-__all__ = ["NoRoute", "Override", "RoutePlan", "Router"]
+__all__ = ["LMTP_PORT", "NoRoute", "Override", "RoutePlan", "Router", "mail_host_backend"]
+
+LMTP_PORT = 24  # IANA's LMTP port, for a mailHost that names only a host
 
 # Returns the recipient's backend, or None when this recipient has no override.
 Override = Callable[[str], BackendAddress | str | None] | Mapping[str, BackendAddress | str]
@@ -38,6 +40,21 @@ class RoutePlan:
 
     groups: Mapping[BackendAddress, tuple[str, ...]] = field(default_factory=dict)
     unrouted: Mapping[str, NoRoute] = field(default_factory=dict)
+
+
+def mail_host_backend(value: str) -> BackendAddress:
+    """A directory's per-user mailstore (e.g. LDAP `mailHost`) as an LMTP backend.
+
+    `inet:…`, `unix:…` and `lmtp:…` are taken as they are; a bare `host` or `host:port` is
+    that host's LMTP service (port 24 unless given), as in a Cyrus Murder-less split setup.
+    Raises BackendAddressError for anything else, which the router turns into "no route".
+    """
+    text = value.strip()
+    if text.startswith(("inet:", "unix:", "lmtp:")):
+        return parse_backend_address(text)
+    if text.startswith("[") or text.count(":") == 1:
+        return parse_backend_address(f"inet:{text}")
+    return parse_backend_address(f"inet:{text}:{LMTP_PORT}")
 
 
 def _as_address(value: BackendAddress | str) -> BackendAddress:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
 from milters.configkit import ConfigError, ConfigReader, load_yaml, metrics_address
+from milters.ldapconfig import LdapConfig, read_ldap
 
 FAILURE_POLICIES = ("tempfail", "accept")
 OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
@@ -55,6 +56,8 @@ class DeliveryConfig:
     lmtp_backend: str = "unix:/var/run/cyrus/socket/lmtp"
     domain_backends: dict[str, str] = field(default_factory=dict)
     strict: bool = False
+    route_attribute: str | None = None  # per-recipient backend from LDAP, e.g. mailHost
+    ldap: LdapConfig | None = None  # where route_attribute is looked up
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
     final_timeout: float = 120.0
@@ -138,6 +141,8 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
         lmtp_backend=reader.text("lmtp_backend", d.lmtp_backend),
         domain_backends={k.lower(): v for k, v in reader.mapping("domain_backends").items()},
         strict=reader.boolean("strict", d.strict),
+        route_attribute=reader.optional_text("route_attribute"),
+        ldap=read_ldap(reader.section("ldap")) if reader.has("ldap") else None,
         connect_timeout=reader.seconds("connect_timeout", d.connect_timeout),
         command_timeout=reader.seconds("command_timeout", d.command_timeout),
         final_timeout=reader.seconds("final_timeout", d.final_timeout),
@@ -150,6 +155,8 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
             parse_address(text)
         except AddressError as exc:
             reader.problem(key, str(exc))
+    if delivery.route_attribute and delivery.ldap is None:
+        reader.problem("route_attribute", "needs a delivery.ldap section to look it up in")
     if delivery.mode == "lmtp" and not delivery.local_domains:
         reader.problem("local_domains", "mode lmtp needs the domains delivered to Cyrus")
     reader.finish()

@@ -19,7 +19,9 @@ from lmtp_bridge import (
     Router,
     Timeouts,
 )
+from lmtp_bridge.routing import mail_host_backend
 from milters.config import DeliveryConfig
+from milters.policy.directory import LdapDirectory
 
 MAX_IDLE_PER_BACKEND = 16
 
@@ -32,7 +34,12 @@ class Deliverer:
     def __init__(self, config: DeliveryConfig, lhlo_name: str) -> None:
         self.config = config
         self.lhlo_name = lhlo_name
-        self.router = Router(config.lmtp_backend, config.domain_backends)
+        self.directory: LdapDirectory | None = None
+        override = None
+        if config.route_attribute and config.ldap is not None:
+            self.directory = LdapDirectory(config.ldap, config.route_attribute)
+            override = self._ldap_route
+        self.router = Router(config.lmtp_backend, config.domain_backends, override)
         self.timeouts = Timeouts(
             connect=config.connect_timeout,
             command=config.command_timeout,
@@ -40,6 +47,17 @@ class Deliverer:
         )
         self._idle: dict[BackendAddress, list[LmtpClient]] = {}
         self._lock = threading.Lock()
+
+    def _ldap_route(self, recipient: str) -> BackendAddress | None:
+        """The recipient's own mailstore from LDAP; None (domain/default backend) when the
+        entry has no such attribute or no entry exists (Cyrus then refuses the recipient).
+        An LDAP outage raises, and the router makes that "no route": a tempfail, not a guess.
+        """
+        assert self.directory is not None
+        user = self.directory.find_by_address(recipient)
+        if user is None or user.route is None:
+            return None
+        return mail_host_backend(user.route)
 
     def is_local(self, recipient: str) -> bool:
         """Ours to deliver: the recipient's domain is one of `delivery.local_domains`."""
@@ -84,3 +102,5 @@ class Deliverer:
                 for client in clients:
                     client.close()
             self._idle.clear()
+        if self.directory is not None:
+            self.directory.close()

@@ -39,6 +39,7 @@ class User:
 
     uid: str
     addresses: tuple[str, ...]
+    route: str | None = None  # the route attribute's value (e.g. mailHost), when asked for
 
 
 @dataclass(frozen=True)

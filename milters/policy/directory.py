@@ -40,8 +40,9 @@ def _text(values: Iterable[bytes]) -> list[str]:
 class LdapDirectory:
     """Finds users by address (recipient check) or by login (sender check)."""
 
-    def __init__(self, config: LdapConfig) -> None:
+    def __init__(self, config: LdapConfig, route_attribute: str | None = None) -> None:
         self.config = config
+        self.route_attribute = route_attribute  # also fetched, e.g. mailHost for LMTP routing
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -81,6 +82,8 @@ class LdapDirectory:
 
     def _search(self, conn: Any, search: str) -> list[tuple[str, dict[str, list[bytes]]]]:
         attrs = [self.config.uid_attribute, *self.config.address_attributes]
+        if self.route_attribute:
+            attrs.append(self.route_attribute)
         result = conn.search_ext_s(
             self.config.base,
             ldap.SCOPE_SUBTREE,
@@ -104,7 +107,12 @@ class LdapDirectory:
         addresses: list[str] = []
         for attr in self.config.address_attributes:
             addresses += (a.strip().lower() for a in _text(attrs.get(attr, [])))
-        return User(uid=uids[0], addresses=tuple(dict.fromkeys(addresses)))
+        routes = _text(attrs.get(self.route_attribute, [])) if self.route_attribute else []
+        return User(
+            uid=uids[0],
+            addresses=tuple(dict.fromkeys(addresses)),
+            route=routes[0] if routes else None,
+        )
 
     def _acquire(self) -> Any:
         with self._lock:

@@ -16,7 +16,7 @@ BASE_DN = "dc=example,dc=org"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
 ROOT_DN = f"cn=admin,{BASE_DN}"
 ROOT_PASSWORD = "ldap-admin-secret"
-SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
+SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "misc")  # misc: mailHost
 
 
 @dataclass(frozen=True)

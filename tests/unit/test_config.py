@@ -106,3 +106,24 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 )
 def test_pymilter_socket(listen: str, expected: str) -> None:
     assert pymilter_socket(listen) == expected
+
+
+def test_ldap_routing_needs_an_ldap_section() -> None:
+    assert problems({"delivery": {"route_attribute": "mailHost"}}) == [
+        "milter.yaml: key 'delivery.route_attribute': "
+        "needs a delivery.ldap section to look it up in"
+    ]
+    config = parse_config(
+        "m.yaml",
+        {
+            "delivery": {
+                "route_attribute": "mailHost",
+                "ldap": {"uri": "ldap://127.0.0.1:389/", "base": "ou=people,dc=example,dc=org"},
+            }
+        },
+    )
+    assert config.delivery.ldap is not None and config.delivery.route_attribute == "mailHost"
+    assert (
+        "'delivery.ldap.base': is required"
+        in problems({"delivery": {"route_attribute": "mailHost", "ldap": {}}})[0]
+    )

@@ -6,7 +6,7 @@ import pytest
 
 from lmtp_bridge.address import BackendAddressError, InetAddress, UnixAddress
 from lmtp_bridge.outcome import NotAttemptedReason
-from lmtp_bridge.routing import NoRoute, Router
+from lmtp_bridge.routing import NoRoute, Router, mail_host_backend
 
 LOCAL = UnixAddress("/run/cyrus/socket/lmtp")
 MAIL2 = InetAddress("mail2.example.org", 24)
@@ -108,3 +108,29 @@ def test_plan_zero_and_one(recipients: list[str]) -> None:
     plan = Router(LOCAL).plan(recipients)
     assert sum(len(g) for g in plan.groups.values()) == len(recipients)
     assert not plan.unrouted
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("store2.example.org", InetAddress("store2.example.org", 24)),
+        ("store2.example.org:2003", InetAddress("store2.example.org", 2003)),
+        ("inet:10.0.0.5:24", InetAddress("10.0.0.5", 24)),
+        ("lmtp:unix:/run/cyrus/socket/lmtp", UnixAddress("/run/cyrus/socket/lmtp")),
+        ("[2001:db8::5]:24", InetAddress("2001:db8::5", 24)),
+        ("  store3.example.org  ", InetAddress("store3.example.org", 24)),
+    ],
+)
+def test_mail_host_backend(value: str, expected: object) -> None:
+    assert mail_host_backend(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "inet:host", "smtp:x:25", "a b", "store:port"])
+def test_mail_host_backend_refuses_garbage(value: str) -> None:
+    with pytest.raises(BackendAddressError):
+        mail_host_backend(value)
+
+
+def test_a_garbage_mail_host_is_no_route_not_a_guess() -> None:
+    router = Router(LOCAL, override=lambda r: mail_host_backend("smtp:x:25"))
+    assert isinstance(router.route("alice@example.org"), NoRoute)

@@ -1,0 +1,102 @@
+"""Per-recipient mailstore from LDAP (`delivery.route_attribute: mailHost`), real slapd + Cyrus.
+
+Carol's entry names Cyrus's TCP LMTP service as her mailHost; everyone else goes to the
+default unix socket. Cyrus logs which of its services delivered (`lmtp` vs `lmtpunix`), which
+shows the route actually taken. With LDAP down, a route cannot be known: 451, not a guess.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import ldap
+import pytest
+
+from tests.harness.cyrus import Cyrus
+from tests.harness.messages import build_message
+from tests.harness.milter import ScanMilter
+from tests.harness.postfix import Postfix
+from tests.harness.slapd import PEOPLE_DN, ROOT_DN, ROOT_PASSWORD, Slapd
+from tests.harness.smtp import send
+from tests.harness.syslog_catcher import SyslogCatcher
+
+CAROL_DN = f"uid=carol,{PEOPLE_DN}"
+
+
+@pytest.fixture
+def carol_on_tcp(slapd: Slapd, cyrus: Cyrus) -> Iterator[str]:
+    """Give carol a mailHost pointing at Cyrus's TCP LMTP service; take it away afterwards."""
+    host = f"inet:127.0.0.1:{cyrus.lmtp_port}"
+    conn = ldap.initialize(slapd.uri)
+    conn.simple_bind_s(ROOT_DN, ROOT_PASSWORD)
+    conn.modify_s(
+        CAROL_DN,
+        [
+            (ldap.MOD_ADD, "objectClass", [b"inetLocalMailRecipient"]),
+            (ldap.MOD_ADD, "mailHost", [host.encode()]),
+        ],
+    )
+    try:
+        yield host
+    finally:
+        conn.modify_s(
+            CAROL_DN,
+            [
+                (ldap.MOD_DELETE, "mailHost", None),
+                (ldap.MOD_DELETE, "objectClass", [b"inetLocalMailRecipient"]),
+            ],
+        )
+        conn.unbind_s()
+
+
+@pytest.fixture
+def routed_milter(scan_milter: ScanMilter, slapd: Slapd) -> ScanMilter:
+    scan_milter.ensure(
+        {
+            "delivery": {
+                "route_attribute": "mailHost",
+                "ldap": {"uri": slapd.uri, "base": PEOPLE_DN, "timeout": 2},
+            }
+        }
+    )
+    return scan_milter
+
+
+def delivered_by(syslog: SyslogCatcher, message_id: str) -> dict[str, str]:
+    """Cyrus service that stored the message, per mailbox: {"user.carol": "lmtp", ...}."""
+    pattern = re.compile(
+        r"/(lmtp\w*)\[\d+\]: Delivered: " + re.escape(message_id) + r" to mailbox: (\S+)"
+    )
+    return {m.group(2): m.group(1) for m in pattern.finditer(syslog.log_path.read_text())}
+
+
+def test_mail_host_routes_each_recipient_to_its_backend(
+    routed_milter: ScanMilter, postfix: Postfix, syslog: SyslogCatcher, carol_on_tcp: str
+) -> None:
+    mid = f"<{uuid.uuid4().hex}@relay.test>"
+    raw = build_message(message_id=mid, date=datetime.now(UTC))
+    tx = send(postfix.address, "bob@relay.test", ["alice@example.org", "carol@example.org"], raw)
+    assert tx.data is not None and tx.data.code == 250, tx
+    assert delivered_by(syslog, mid) == {"user.alice": "lmtpunix", "user.carol": "lmtp"}
+    event = routed_milter.transaction(mid)
+    assert [r["outcome"] for r in event["recipients"]] == ["delivered", "delivered"]
+
+
+def test_ldap_down_means_no_route_and_451(
+    routed_milter: ScanMilter, postfix: Postfix, slapd: Slapd, cyrus: Cyrus
+) -> None:
+    mid = f"<{uuid.uuid4().hex}@relay.test>"
+    raw = build_message(message_id=mid, date=datetime.now(UTC))
+    slapd.stop()
+    try:
+        tx = send(postfix.address, "bob@relay.test", ["alice@example.org"], raw)
+    finally:
+        slapd.start()
+    assert tx.data is not None and tx.data.code == 451, tx
+    assert tx.data.enhanced == "4.4.4"
+    event = routed_milter.transaction(mid)
+    assert "no route" in event["recipients"][0]["reply"]
+    assert postfix.queue_is_empty()
