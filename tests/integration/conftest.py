@@ -7,11 +7,13 @@ that test (see tests/harness/logs.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -111,26 +113,38 @@ def syslog(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[SyslogCatcher]
 # --- daemons ---------------------------------------------------------------------------------
 
 
+class Daemon(Protocol):
+    log_path: Path
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+D = TypeVar("D", bound=Daemon)
+
+
+@contextlib.contextmanager
+def started(daemon: D, name: str, logs: DaemonLogs) -> Iterator[D]:
+    """Start a harness daemon with its log registered; stop it whatever happens."""
+    logs.register(name, daemon.log_path)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
 @pytest.fixture(scope="session")
 def spamd(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[Spamd]:
-    d = Spamd(stack_root / "spamd")
-    daemon_logs.register("spamd", d.log_path)
-    try:
-        d.start()
+    with started(Spamd(stack_root / "spamd"), "spamd", daemon_logs) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="session")
 def clamd(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[Clamd]:
-    d = Clamd(stack_root / "clamd")
-    daemon_logs.register("clamd", d.log_path)
-    try:
-        d.start()
+    with started(Clamd(stack_root / "clamd"), "clamd", daemon_logs) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="session")
@@ -151,25 +165,15 @@ def cyrus(stack_root: Path, daemon_logs: DaemonLogs, syslog: SyslogCatcher) -> I
 
 @pytest.fixture(scope="session")
 def slapd(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[Slapd]:
-    d = Slapd(stack_root / "slapd")
-    daemon_logs.register("slapd", d.log_path)
-    try:
-        d.start()
+    with started(Slapd(stack_root / "slapd"), "slapd", daemon_logs) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="session")
 def smtp_sink(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[SmtpSink]:
     """Where Postfix relays mail for relay.test (the non-local recipients)."""
-    d = SmtpSink(stack_root / "smtp-sink")
-    daemon_logs.register("smtp-sink", d.log_path)
-    try:
-        d.start()
+    with started(SmtpSink(stack_root / "smtp-sink"), "smtp-sink", daemon_logs) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="session")
