@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from lmtp_bridge import (
@@ -28,6 +29,12 @@ MAX_IDLE_PER_BACKEND = 16
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcomes: dict[str, Outcome]
+    backends: dict[str, str]  # recipient -> the LMTP backend it was routed to (for the log)
 
 
 class Deliverer:
@@ -80,10 +87,11 @@ class Deliverer:
 
     def deliver(
         self, sender: str, recipients: Sequence[str], message: BinaryIO, deadline: float
-    ) -> dict[str, Outcome]:
-        """Each recipient's LMTP outcome: its reply, or why it was not attempted."""
+    ) -> Delivery:
+        """Each recipient's LMTP outcome (its reply, or why it was not attempted) and backend."""
         plan = self.router.plan(recipients)
         outcomes: dict[str, Outcome] = {r: why.outcome() for r, why in plan.unrouted.items()}
+        backends = {r: str(b) for b, group in plan.groups.items() for r in group}
         for backend, group in plan.groups.items():
             client = self._acquire(backend)
             try:
@@ -94,7 +102,7 @@ class Deliverer:
                 outcomes.update(exc.outcomes(group))
             finally:
                 self._release(backend, client)
-        return outcomes
+        return Delivery(outcomes, backends)
 
     def close(self) -> None:
         with self._lock:

@@ -304,7 +304,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         prefix = render([self.received, *self.kept, *added]) + b"\r\n"
         started = time.monotonic()
         with message_stream(prefix, self.spool) as stream:
-            outcomes = self._wait(
+            delivery = self._wait(
                 lambda: deliverer.deliver(
                     self.sender, [bare(r) for r in local], stream, self.deadline
                 )
@@ -312,8 +312,11 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         fields.setdefault("timings_ms", {})["lmtp"] = int((time.monotonic() - started) * 1000)
         non_local = [bare(r) for r in self.recipients if r not in local]
         mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
-        decision = fold(outcomes, non_local, mode)
-        fields["recipients"] = [r.as_dict() for r in decision.recipients]
+        decision = fold(delivery.outcomes, non_local, mode)
+        fields["recipients"] = [
+            {**r.as_dict(), **({"backend": b} if (b := delivery.backends.get(r.recipient)) else {})}
+            for r in decision.recipients
+        ]
         fields["delivery"] = {"rule": decision.rule.value, "explanation": decision.explanation}
         if decision.action is FoldAction.DISCARD:
             fields.update(action="delivered", reply=postfix_250(queue_id))

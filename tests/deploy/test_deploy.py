@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -122,11 +123,21 @@ def secrets(variables: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def deployed() -> dict[str, Any]:
+def deployed() -> Iterator[dict[str, Any]]:
     if os.environ.get("MAILGLUE_DEPLOY_REUSE") == "1":
         # Iterating on the checks below: skip the playbook runs, use what is deployed.
         ensure_ansible()
-        return checked_stack(inventory_vars())
+        yield checked_stack(inventory_vars())
+        return
+    try:
+        yield deploy_and_check()
+    finally:
+        # Leave the machine as we found it: the deployed daemons (rsyslogd on /dev/log among
+        # them) must not run on under the rest of the suite. `make up` starts them again.
+        subprocess.run(["bash", str(ROOT / "scripts" / "down.sh")], check=False, timeout=120)
+
+
+def deploy_and_check() -> dict[str, Any]:
     first = run_playbook()
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
 
@@ -271,10 +282,14 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
     """A tagged message a user files into LearnSpam is learned as ham and removed."""
     bob = user(deployed, 1)
     folder = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
+    token = uuid.uuid4().hex.encode()  # Bayes remembers what it learned, by Message-ID
     raw = (
         b"From: newsletter@example.net\r\nTo: bob@example.org\r\nSubject: wanted "
-        + uuid.uuid4().hex.encode()
-        + b"\r\nX-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=3.5 required=3.0 tests=X=3.5\r\n"
+        + token
+        + b"\r\nMessage-ID: <"
+        + token
+        + b"@example.net>\r\nX-Spam-Flag: YES\r\n"
+        + b"X-Spam-Status: Yes, score=3.5 required=3.0 tests=X=3.5\r\n"
         + b"\r\nthe monthly report you subscribed to\r\n"
     )
     with smoke.imap_login(bob["uid"], bob["password"]) as imap:
