@@ -282,7 +282,8 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
     """A tagged message a user files into LearnSpam is learned as ham and removed."""
     bob = user(deployed, 1)
     folder = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
-    token = uuid.uuid4().hex.encode()  # Bayes remembers what it learned, by Message-ID
+    # Bayes remembers what it learned by Message-ID and by To+Date+body: both made unique.
+    token = uuid.uuid4().hex.encode()
     raw = (
         b"From: newsletter@example.net\r\nTo: bob@example.org\r\nSubject: wanted "
         + token
@@ -290,7 +291,9 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
         + token
         + b"@example.net>\r\nX-Spam-Flag: YES\r\n"
         + b"X-Spam-Status: Yes, score=3.5 required=3.0 tests=X=3.5\r\n"
-        + b"\r\nthe monthly report you subscribed to\r\n"
+        + b"\r\nthe monthly report you subscribed to, issue "
+        + token
+        + b"\r\n"
     )
     with smoke.imap_login(bob["uid"], bob["password"]) as imap:
         status, data = imap.append(folder, None, imaplib.Time2Internaldate(time.time()), raw)
