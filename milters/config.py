@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigError, ConfigReader, load_yaml, metrics_address
+from milters.configkit import ConfigReader, load_yaml, metrics_address
 from milters.ldapconfig import LdapConfig, read_ldap
 
 FAILURE_POLICIES = ("tempfail", "accept")
@@ -204,9 +204,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
         shutdown_grace=shutdown_grace if milter.has("shutdown_grace") else None,
         source=source,
     )
-    top.finish()
-    if top.problems:
-        raise ConfigError(top.problems)
+    top.finish_document()
     return config
 
 

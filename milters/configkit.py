@@ -188,6 +188,13 @@ class ConfigReader:
             if key not in self._seen:
                 self.problem(str(key), "unknown key")
 
+    def finish_document(self) -> None:
+        """At the top level, once every section was read: unknown keys, then every problem
+        of the whole file at once as a ConfigError."""
+        self.finish()
+        if self.problems:
+            raise ConfigError(self.problems)
+
     def _bounded(
         self,
         key: str,

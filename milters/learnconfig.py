@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, parse_address
-from milters.configkit import ConfigError, ConfigReader, load_yaml
+from milters.configkit import ConfigReader, load_yaml
 
 SECURITY = ("tls", "starttls", "none")
 AFTER = ("delete", "move")
@@ -95,9 +95,7 @@ def parse_learn_config(source: str, data: object) -> LearnConfig:
     log = top.section("log")
     log_file = log.optional_text("file")
     log.finish()
-    top.finish()
-    if top.problems:
-        raise ConfigError(top.problems)
+    top.finish_document()
     return LearnConfig(
         imap=imap,
         spamd=tuple(backends) or d.spamd,

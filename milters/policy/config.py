@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigError, ConfigReader, load_yaml, metrics_address
+from milters.configkit import ConfigReader, load_yaml, metrics_address
 from milters.ldapconfig import LdapConfig, Secret, read_ldap
 
 __all__ = [
@@ -172,9 +172,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         metrics_listen=metrics_listen,
         source=source,
     )
-    top.finish()
-    if top.problems:
-        raise ConfigError(top.problems)
+    top.finish_document()
     return config
 
 
