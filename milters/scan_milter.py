@@ -278,14 +278,15 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         delete: tuple[str, ...] = (),
     ) -> int:
         """Let Postfix queue the message: our headers in, forged ones out."""
-        for name, index in owned_deletions(self.headers):
+        deletions = owned_deletions(self.headers)
+        for name, index in deletions:
             self.chgheader(name, index, None)
         for name, value in added:
             self.addheader(name, value)
         originals = {bare(r): r for r in self.recipients}
         for recipient in delete:
             self.delrcpt(originals.get(recipient, f"<{recipient}>"))
-        fields["headers_removed"] = [name for name, _ in owned_deletions(self.headers)]
+        fields["headers_removed"] = [name for name, _ in deletions]
         fields["headers_added"] = dict(added)
         fields.update(action="accept", reply=postfix_250(queue_id))
         self._log(fields)
