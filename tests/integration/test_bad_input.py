@@ -10,6 +10,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,25 @@ def test_bare_lf_line_ends(scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyr
         cyrus,
         subject.encode(),
     )
+
+
+def test_spool_failure_is_a_tempfail_with_a_reason(
+    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, tmp_path: Path
+) -> None:
+    """A body the milter cannot keep (spool_dir gone, disk full) is answered at end of data
+    with our 451 and a logged reason, not a bare error in the middle of the body."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    scan_milter.ensure({"milter": {"spool_dir": str(spool), "spool_memory_limit": 0}})
+    spool.rmdir()
+    subject = f"unspoolable {uuid.uuid4().hex}"
+    raw = headers(subject) + b"\r\n" + b"a body that has nowhere to go\r\n" * 100
+    tx = send(postfix.address, SENDER, ["alice@example.org"], raw)
+    assert tx.data is not None and (tx.data.code, tx.data.enhanced) == (451, "4.3.0"), tx
+    mid = re.search(rb"Message-ID: (<[^>]+>)", raw)
+    assert mid
+    event = scan_milter.transaction(mid.group(1).decode())
+    assert event["action"] == "tempfail" and event["reason"] == "spool write failed"
+    assert "FileNotFoundError" in event["error"]
+    assert postfix.queue_is_empty()
+    assert not stored_with(cyrus, "alice", subject.split()[-1].encode())

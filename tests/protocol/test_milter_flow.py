@@ -24,6 +24,14 @@ from milters.spool import Spool
 from milters.verdict import Clean, Infected, SkipCause, SpamScore, Unscanned
 
 TestCtx.__test__ = False  # pymilter's class, not a test
+NO_REPLY_STEPS = (
+    Milter.P_NR_CONN
+    | Milter.P_NR_HELO
+    | Milter.P_NR_MAIL
+    | Milter.P_NR_RCPT
+    | Milter.P_NR_HDR
+    | Milter.P_NR_BODY
+)
 
 MESSAGE = (
     b"From: bob@example.net\n"
@@ -46,6 +54,16 @@ class RecordingCtx(TestCtx):  # type: ignore[misc]
         self.changes: list[tuple[str, int, str | None]] = []
         self.added: list[tuple[str, str]] = []
         self.progress_calls = 0
+
+    def _negotiate(self) -> int:
+        """Keep what the milter negotiated, then answer every callback as Postfix sees it.
+
+        TestCtx stops at a NOREPLY answer; Postfix does not wait for one and goes on.
+        """
+        rc: int = super()._negotiate()
+        self.negotiated: int = self._protocol
+        self._priv._protocol &= ~NO_REPLY_STEPS
+        return rc
 
     def chgheader(self, field: str, idx: int, value: str | None) -> None:
         self.changes.append((field, idx, value))
@@ -107,6 +125,14 @@ def test_accept_removes_every_forged_copy_and_adds_ours() -> None:
     assert event["spam"]["score"] == 4.0 and event["message_id"] == "<m1@example.net>"
     assert event["sender"] == "bob@example.net"
     assert event["recipients"] == [{"address": "alice@example.org"}]
+
+
+def test_postfix_need_not_wait_for_the_collecting_callbacks() -> None:
+    """One round trip per header, recipient and body chunk saved; eom still answers."""
+    ctx, result, _, _ = run(clean_report)
+    assert ctx.negotiated & NO_REPLY_STEPS == NO_REPLY_STEPS
+    assert not ctx.negotiated & (Milter.P_NOHDRS | Milter.P_NOBODY | Milter.P_NORCPT)
+    assert result == Milter.ACCEPT
 
 
 def test_scanned_copy_has_a_received_line_and_no_forged_headers() -> None:
