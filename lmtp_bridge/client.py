@@ -11,6 +11,12 @@ If the connection dies after the dot, some recipients may have been delivered wi
 hearing so: those count as not attempted (temporary), and the retry is safe because Cyrus drops
 duplicate deliveries (same Message-ID and Date).
 
+Reuse: a connection whose last transaction ended with its final replies is back in the
+initial state (RFC 5321 4.1.1.4), so if it was used less than `trust_idle` seconds ago and the
+server has neither closed it nor said anything since, the next MAIL goes out at once. Any other
+held connection is checked with RSET first, as a connection that idled for long may have been
+dropped on the way without either end noticing.
+
 One `LmtpClient` holds at most one connection and is not thread-safe: use one per worker.
 """
 
@@ -23,6 +29,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import BinaryIO
 
 from lmtp_bridge.address import BackendAddress, InetAddress, UnixAddress, parse_backend_address
@@ -138,6 +145,16 @@ def _ms(start: float, end: float) -> float:
     return round((end - start) * 1000.0, 3)
 
 
+class _Reuse(Enum):
+    NEW = "new connection"
+    CHECKED = "reused after RSET"
+    TRUSTED = "reused without a check"
+
+
+class _StaleConnection(Exception):
+    """A trusted connection failed before any reply: retry once on a new one."""
+
+
 class _Connection:
     """A socket plus its reply parser; turns every socket failure into BackendUnavailable."""
 
@@ -149,6 +166,23 @@ class _Connection:
         self.caps = Capabilities()
         self.transactions = 0
         self.last_used = time.monotonic()
+        self.clean = False  # True when the last transaction ended with its final replies
+
+    def quiet_and_open(self) -> bool:
+        """Nothing to read and no EOF: the server has not closed or spoken since its last reply.
+
+        A peek that does not wait; a 421 or an EOF waiting in the buffer means not reusable.
+        """
+        if self.replies or self.parser.has_partial:
+            return False
+        try:
+            self.sock.settimeout(0)
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def send(self, data: bytes, timeout: float, what: str) -> None:
         if not data:
@@ -200,6 +234,7 @@ class LmtpClient:
         max_idle: float = 60.0,
         max_transactions: int = 1000,
         chunk_size: int = CHUNK_SIZE,
+        trust_idle: float = 2.0,
     ) -> None:
         self.address = parse_backend_address(address) if isinstance(address, str) else address
         self.lhlo_name = lhlo_name or socket.getfqdn() or "localhost"
@@ -208,6 +243,7 @@ class LmtpClient:
         self.max_idle = max_idle
         self.max_transactions = max_transactions
         self.chunk_size = chunk_size
+        self.trust_idle = trust_idle
         self._conn: _Connection | None = None
 
     def __enter__(self) -> LmtpClient:
@@ -257,14 +293,32 @@ class LmtpClient:
             eight_bit if eight_bit is not None else _is_8bit(message),
         )
         t0 = time.monotonic()
-        conn, reused = self._ready(deadline)
+        conn, reused = self._ready(deadline, trust_quiet=True)
+        try:
+            return self._transaction(conn, reused, envelope, message, deadline, t0)
+        except _StaleConnection:  # closed by the server just as we reused it: nothing was sent
+            conn, reused = self._ready(deadline)
+            return self._transaction(conn, reused, envelope, message, deadline, t0)
+
+    def _transaction(
+        self,
+        conn: _Connection,
+        reused: _Reuse,
+        envelope: Envelope,
+        message: bytes | BinaryIO,
+        deadline: float | None,
+        t0: float,
+    ) -> DeliveryResult:
         t1 = time.monotonic()
         tx = Transaction(envelope, conn.caps)
         t2 = t3 = t1
+        conn.clean = False
+        heard = False
         try:
             conn.send(tx.start(), self._limit(self.timeouts.command, deadline), "MAIL/RCPT")
             while tx.phase is Phase.ENVELOPE:
                 reply = conn.read_reply(self._limit(self.timeouts.command, deadline), "MAIL/RCPT")
+                heard = True
                 conn.send(tx.feed(reply), self._limit(self.timeouts.command, deadline), "RCPT")
             t2 = time.monotonic()
             if tx.phase is Phase.BODY:
@@ -276,6 +330,8 @@ class LmtpClient:
                 tx.feed(conn.read_reply(timeout, "the message (per-recipient replies)"))
         except BackendUnavailable as exc:
             self._drop()
+            if reused is _Reuse.TRUSTED and not heard and not isinstance(exc, BackendTimeout):
+                raise _StaleConnection from exc
             exc.backend = str(self.address)
             exc.partial = tx.decided
             exc.after_data = tx.phase is Phase.FINAL
@@ -286,9 +342,17 @@ class LmtpClient:
         t4 = time.monotonic()
         conn.transactions += 1
         conn.last_used = t4
+        conn.clean = tx.phase is Phase.DONE and not tx.needs_reset
         if tx.must_close:
             self._drop()
-        timings = Timings(_ms(t0, t1), _ms(t1, t2), _ms(t2, t3), _ms(t3, t4), _ms(t0, t4), reused)
+        timings = Timings(
+            _ms(t0, t1),
+            _ms(t1, t2),
+            _ms(t2, t3),
+            _ms(t3, t4),
+            _ms(t0, t4),
+            reused is not _Reuse.NEW,
+        )
         return DeliveryResult(str(self.address), tx.result, timings)
 
     def probe(self, recipient: str, *, deadline: float | None = None) -> Reply:
@@ -354,13 +418,18 @@ class LmtpClient:
         if conn is not None:
             conn.close()
 
-    def _ready(self, deadline: float | None) -> tuple[_Connection, bool]:
-        """A connection in a clean state: the held one if RSET proves it alive, else a new one."""
+    def _ready(
+        self, deadline: float | None, *, trust_quiet: bool = False
+    ) -> tuple[_Connection, _Reuse]:
+        """A connection in a clean state: the held one if still good (see the module
+        docstring; `trust_quiet` allows skipping RSET), else a new one."""
         conn = self._conn
         if conn is not None:
             idle = time.monotonic() - conn.last_used
             if idle > self.max_idle or conn.transactions >= self.max_transactions:
                 self.close()
+            elif trust_quiet and conn.clean and idle <= self.trust_idle and conn.quiet_and_open():
+                return conn, _Reuse.TRUSTED
             else:
                 try:
                     timeout = self._limit(self.timeouts.command, deadline)
@@ -375,7 +444,7 @@ class LmtpClient:
                     self._drop()
                 else:
                     if reply.is_positive:
-                        return conn, True
+                        return conn, _Reuse.CHECKED
                     log.debug("RSET on %s answered %s; reconnecting", conn.label, reply)
                     self._drop()
         try:
@@ -383,7 +452,7 @@ class LmtpClient:
         except BackendUnavailable as exc:
             exc.backend = str(self.address)
             raise
-        return self._conn, False
+        return self._conn, _Reuse.NEW
 
     def _connect(self, deadline: float | None) -> _Connection:
         timeout = self._limit(self.timeouts.connect, deadline)

@@ -86,9 +86,19 @@ class Deliverer:
         client.close()
 
     def deliver(
-        self, sender: str, recipients: Sequence[str], message: BinaryIO, deadline: float
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: BinaryIO,
+        deadline: float,
+        *,
+        size: int | None = None,
+        eight_bit: bool | None = None,
     ) -> Delivery:
-        """Each recipient's LMTP outcome (its reply, or why it was not attempted) and backend."""
+        """Each recipient's LMTP outcome (its reply, or why it was not attempted) and backend.
+
+        `size` and `eight_bit`, when the caller knows them, spare a pass over the message.
+        """
         plan = self.router.plan(recipients)
         outcomes: dict[str, Outcome] = {r: why.outcome() for r, why in plan.unrouted.items()}
         backends = {r: str(b) for b, group in plan.groups.items() for r in group}
@@ -96,7 +106,9 @@ class Deliverer:
             client = self._acquire(backend)
             try:
                 message.seek(0)
-                result = client.deliver(sender, group, message, deadline=deadline)
+                result = client.deliver(
+                    sender, group, message, size, eight_bit=eight_bit, deadline=deadline
+                )
                 outcomes.update(result.replies)
             except BackendUnavailable as exc:
                 outcomes.update(exc.outcomes(group))

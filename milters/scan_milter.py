@@ -333,10 +333,17 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         assert self.spool is not None
         prefix = render([self.received, *self.kept, *added]) + b"\r\n"
         started = time.monotonic()
+        size = len(prefix) + self.spool.size
+        eight_bit = self.spool.eight_bit or not prefix.isascii()
         with message_stream(prefix, self.spool) as stream:
             delivery = self._wait(
                 lambda: deliverer.deliver(
-                    self.sender, [bare(r) for r in local], stream, self.deadline
+                    self.sender,
+                    [bare(r) for r in local],
+                    stream,
+                    self.deadline,
+                    size=size,
+                    eight_bit=eight_bit,
                 )
             )
         fields.setdefault("timings_ms", {})["lmtp"] = int((time.monotonic() - started) * 1000)

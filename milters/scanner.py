@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from milters import clamd, spamc
 from milters.backend import BackendUnavailable
@@ -107,18 +108,15 @@ class Scanner:
         else:
             spam_job = self._pool.submit(self._spam, prefix, spool, report)
 
-        pending: set[Future[Any]] = {job for job in (virus_job, spam_job) if job is not None}
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            _, pending = wait(
-                pending,
-                timeout=min(remaining, self.config.keepalive_interval),
-                return_when=FIRST_COMPLETED,
-            )
-            if pending:
-                keepalive()
+        for job in (virus_job, spam_job):  # both are needed, so wait for each in turn
+            while job is not None and not job.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job.exception(timeout=min(remaining, self.config.keepalive_interval))
+                except FutureTimeout:
+                    keepalive()
         if virus_job is not None:
             report.virus = _outcome(virus_job, "clamd")
         if spam_job is not None:

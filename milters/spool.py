@@ -20,6 +20,7 @@ class Spool:
         self.directory = directory
         self.size = 0
         self.digest = hashlib.sha256()  # of the body, for a content-derived Message-ID
+        self.eight_bit = False  # any byte above 127 so far (decides LMTP BODY=8BITMIME)
         self._memory = bytearray()
         self._file: BinaryIO | None = None
         self._path: str | None = None
@@ -31,6 +32,8 @@ class Spool:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self.digest.update(chunk)
+        if not self.eight_bit and not chunk.isascii():
+            self.eight_bit = True
         if self._file is None and len(self._memory) + len(chunk) <= self.memory_limit:
             self._memory += chunk
             return
@@ -41,10 +44,14 @@ class Spool:
             self._memory = bytearray()
         self._file.write(chunk)
 
+    def memory(self) -> bytes:
+        """The body, while it is held in memory (b"" once it went to disk)."""
+        return bytes(self._memory)
+
     def reader(self) -> BinaryIO:
         """A new, independent reader positioned at the start."""
         if self._file is None:
-            return io.BytesIO(bytes(self._memory))
+            return io.BytesIO(self.memory())
         self._file.flush()
         assert self._path is not None
         return open(self._path, "rb")
@@ -59,6 +66,7 @@ class Spool:
             self._path = None
         self._memory = bytearray()
         self.size = 0
+        self.eight_bit = False
 
 
 class _Chain(io.RawIOBase):
@@ -102,4 +110,6 @@ class _Chain(io.RawIOBase):
 
 def message_stream(prefix: bytes, spool: Spool) -> BinaryIO:
     """Headers + the spooled body as one seekable stream, without copying a large body."""
+    if not spool.on_disk:
+        return io.BytesIO(prefix + spool.memory())
     return io.BufferedReader(_Chain(prefix, spool.reader(), spool.size))

@@ -45,10 +45,11 @@ class Script:
     mail_reply: str = "250 2.1.0 Ok"
     rcpt: dict[str, str] = field(default_factory=dict)  # address → reply (default 250)
     final: dict[str, str] = field(default_factory=dict)  # address → reply after the dot
-    close_on: str | None = None  # "RCPT", "DOT" (after the dot), "AFTER-TX"
+    close_on: str | None = None  # "RCPT", "DOT" (after the dot), "AFTER-TX", "NEXT-MAIL"
     finals_before_close: int | None = None  # send this many final replies, then close
     hang_on: str | None = None  # "GREETING", "RCPT", "FINAL": never answer
     garbage_on: str | None = None  # "MAIL": answer with a non-reply
+    say_after_tx: str | None = None  # an unsolicited line after the final replies
 
 
 @dataclass
@@ -194,6 +195,8 @@ class ScriptedLmtpServer:
                 for i, line in enumerate(lines):
                     wire.send(f"250{'-' if i < len(lines) - 1 else ' '}{line}")
             elif verb == "MAIL":
+                if s.close_on == "NEXT-MAIL" and session.messages:
+                    return None
                 if s.garbage_on == "MAIL":
                     wire.send("this is not a reply")
                     continue
@@ -229,6 +232,8 @@ class ScriptedLmtpServer:
                 accepted, in_mail = [], False
                 if s.close_on == "AFTER-TX":
                     return None
+                if s.say_after_tx is not None:
+                    wire.send(s.say_after_tx)
             elif verb == "RSET":
                 accepted, in_mail = [], False
                 answer("250 2.0.0 Ok")
@@ -347,7 +352,8 @@ def test_all_recipients_refused_sends_no_body(serve: Serve) -> None:
     assert session.commands.count("RSET") == 1
 
 
-def test_connection_reused_with_rset(serve: Serve) -> None:
+def test_connection_reused_at_once_after_a_complete_transaction(serve: Serve) -> None:
+    """The dot's replies left the session in its initial state: no RSET round trip."""
     server = serve()
     with LmtpClient(server.address, timeouts=FAST) as client:
         first = client.deliver("s@x", ["a@x"], MESSAGE)
@@ -355,9 +361,44 @@ def test_connection_reused_with_rset(serve: Serve) -> None:
         assert client.connected
     assert not first.timings.reused_connection and second.timings.reused_connection
     (session,) = server.sessions
+    assert "RSET" not in session.commands
+    assert session.messages == [MESSAGE, MESSAGE]
+    assert session.commands[-1] == "QUIT"
+
+
+def test_connection_closed_as_it_was_reused_is_retried_once_on_a_new_one(serve: Serve) -> None:
+    """The server hung up between our check and our MAIL: nothing was sent, so try again."""
+    server = serve(Script(close_on="NEXT-MAIL"))
+    with LmtpClient(server.address, timeouts=FAST) as client:
+        client.deliver("s@x", ["a@x"], MESSAGE)
+        result = client.deliver("s@x", ["b@x"], MESSAGE)
+    assert result.replies["b@x"].code == 250
+    assert not result.timings.reused_connection
+    assert [len(session.messages) for session in server.sessions] == [1, 1]
+
+
+def test_connection_idle_beyond_trust_idle_is_checked_with_rset(serve: Serve) -> None:
+    server = serve()
+    with LmtpClient(server.address, timeouts=FAST, trust_idle=0.0) as client:
+        client.deliver("s@x", ["a@x"], MESSAGE)
+        time.sleep(0.01)
+        second = client.deliver("s@x", ["b@x"], MESSAGE)
+    assert second.timings.reused_connection
+    (session,) = server.sessions
     second_mail = session.commands.index(f"MAIL FROM:<s@x> SIZE={len(MESSAGE)}", 2)
     assert session.commands[second_mail - 1] == "RSET"
-    assert session.commands[-1] == "QUIT"
+
+
+def test_server_that_spoke_while_idle_is_not_reused(serve: Serve) -> None:
+    """A 421 (idle timeout, shutdown) sent between transactions: that connection is done."""
+    server = serve(Script(say_after_tx="421 4.4.2 idle too long"))
+    with LmtpClient(server.address, timeouts=FAST) as client:
+        client.deliver("s@x", ["a@x"], MESSAGE)
+        time.sleep(0.3)  # the server writes its line a byte at a time
+        result = client.deliver("s@x", ["b@x"], MESSAGE)
+    assert result.replies["b@x"].code == 250
+    assert not result.timings.reused_connection
+    assert len(server.sessions) == 2
 
 
 def test_server_closed_idle_connection_is_replaced(serve: Serve) -> None:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from milters.spool import Spool, message_stream
 
 
@@ -37,3 +39,30 @@ def test_message_stream_chains_headers_and_body(tmp_path: Path) -> None:
         assert stream.read(5) == b"v\r\n\r\nb"[:5]
         stream.seek(0)
         assert stream.read() == b"H: v\r\n\r\nbody line\r\n"
+
+
+@pytest.mark.parametrize("memory_limit", [0, 1 << 20])
+def test_eight_bit_is_noticed_in_any_chunk(tmp_path: Path, memory_limit: int) -> None:
+    spool = Spool(memory_limit, str(tmp_path))
+    spool.write(b"plain ascii\r\n")
+    assert not spool.eight_bit
+    spool.write("caf\u00e9\r\n".encode())
+    spool.write(b"ascii again\r\n")
+    assert spool.eight_bit
+    spool.close()
+    assert not spool.eight_bit
+
+
+@pytest.mark.parametrize("memory_limit", [0, 1 << 20])
+def test_message_stream_is_the_same_in_memory_and_on_disk(
+    tmp_path: Path, memory_limit: int
+) -> None:
+    spool = Spool(memory_limit, str(tmp_path))
+    for part in (b"line one\r\n", b".dot\r\n", b"end\r\n"):
+        spool.write(part)
+    assert spool.on_disk is (memory_limit == 0)
+    with message_stream(b"Subject: x\r\n\r\n", spool) as stream:
+        assert stream.read() == b"Subject: x\r\n\r\nline one\r\n.dot\r\nend\r\n"
+        stream.seek(0)
+        assert stream.read(9) == b"Subject: "
+    spool.close()
