@@ -8,6 +8,7 @@ instead of favouring whichever ran first.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -40,7 +41,8 @@ QUICK = Plan(("5KB", "100KB", "10MB"), (20,), {"5KB": 60, "100KB": 20, "10MB": 4
 
 def run_one(stack: Stack, target: Target, tpl: Template, count: int, concurrency: int) -> Any:
     tag = f"{target.name}-{uuid.uuid4().hex[:10]}"
-    groups = [*target.filters, stack.groups["spamd"], stack.groups["clamd"]]
+    mta = [stack.groups["cyrus"], *([target.mta] if target.mta else [])]
+    groups = [*target.filters, stack.groups["spamd"], stack.groups["clamd"], *mta]
     m = Meter(groups)
     m.start()
     result: Result
@@ -64,7 +66,7 @@ def run_one(stack: Stack, target: Target, tpl: Template, count: int, concurrency
     reading = m.stop()
     stuck = target.postfix.queued() if target.postfix is not None else 0
     filter_names = [g.name for g in target.filters]
-    return report.sample(
+    s = report.sample(
         target.name,
         tpl.name,
         concurrency,
@@ -73,7 +75,30 @@ def run_one(stack: Stack, target: Target, tpl: Template, count: int, concurrency
         reading,
         filter_names,
         stuck,
+        [g.name for g in mta],
     )
+    if target.events is not None:
+        s["milter_overhead_ms"] = milter_overhead(target.events, tag)
+    return s
+
+
+def milter_overhead(events: Path, tag: str) -> dict[str, float]:
+    """p50/p99 of the time mailglue's end-of-message spent outside spamd, clamd and Cyrus.
+
+    From its own transaction events (timings_ms: total, scan, lmtp) for this run's messages.
+    """
+    values = []
+    for text in events.read_text().splitlines():
+        event = json.loads(text)
+        if event.get("event") != "transaction" or tag not in (event.get("message_id") or ""):
+            continue
+        t = event.get("timings_ms") or {}
+        values.append(t.get("total", 0.0) - t.get("scan", 0.0) - t.get("lmtp", 0.0))
+    return {
+        "p50": round(report.percentile(values, 0.5), 2),
+        "p99": round(report.percentile(values, 0.99), 2),
+        "n": len(values),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,8 @@ class Target:
     postfix: BenchPostfix | None  # None: the limit, driven without an MTA
     filters: list[ProcessGroup] = field(default_factory=list)
     stop: list[Callable[[], None]] = field(default_factory=list)
+    mta: ProcessGroup | None = None  # this configuration's Postfix (Cyrus is shared)
+    events: Path | None = None  # mailglue's JSON event log
 
 
 class Stack:
@@ -72,7 +74,11 @@ class Stack:
         self.spamd = Spamd(root / "spamd", max_children=SPAMD_CHILDREN)
         self.clamd = Clamd(root / "clamd")
         self.cyrus = Cyrus(root / "cyrus")
-        self.groups = {"spamd": ProcessGroup("spamd"), "clamd": ProcessGroup("clamd")}
+        self.groups = {
+            "spamd": ProcessGroup("spamd"),
+            "clamd": ProcessGroup("clamd"),
+            "cyrus": ProcessGroup("cyrus"),
+        }
         self.targets: dict[str, Target] = {}
         self._stops: list[Callable[[], None]] = []
 
@@ -83,6 +89,7 @@ class Stack:
         self.cyrus.create_mailbox("alice")
         self.groups["spamd"].adopt(_pgid(self.spamd.process))
         self.groups["clamd"].adopt(_pgid(self.clamd.process))
+        self.groups["cyrus"].adopt(_pgid(self.cyrus.process))
 
     def _postfix(self, name: str, milters: str | None, **main: str) -> BenchPostfix:
         extra = main.pop("master_extra", "")
@@ -126,6 +133,11 @@ class Stack:
         """Start configuration `name` (see CONFIGS) and remember it."""
         make: Callable[[], Target] = getattr(self, f"_make_{name.replace('-', '_')}")
         target = make()
+        if target.postfix is not None:
+            master = target.postfix.master_pid()
+            if master is not None and os.getpgid(master) != os.getpgrp():
+                target.mta = ProcessGroup(f"postfix-{name}")
+                target.mta.adopt(os.getpgid(master))
         self.targets[name] = target
         return target
 
@@ -140,7 +152,7 @@ class Stack:
         group = ProcessGroup(name)
         group.adopt(_pgid(milter.process))
         pf = self._postfix(name, f"inet:{LOOPBACK}:{milter.port}")
-        return Target(name, pf, [group])
+        return Target(name, pf, [group], events=milter.events_path)
 
     def _make_mailglue(self) -> Target:
         return self._mailglue("mailglue", "lmtp")

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
@@ -25,6 +26,11 @@ def _encode(value: object) -> object:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
+
+
+def elapsed_ms(since: float) -> float:
+    """Milliseconds since a `time.monotonic()` value, to 0.1 ms (sub-ms steps show up)."""
+    return round((time.monotonic() - since) * 1000, 1)
 
 
 def utc_timestamp() -> str:

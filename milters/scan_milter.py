@@ -33,7 +33,7 @@ from milters.headers import (
     received_header,
     render,
 )
-from milters.jsonlog import EventLog
+from milters.jsonlog import EventLog, elapsed_ms
 from milters.lifecycle import sd_notify, wait_listening
 from milters.metrics import MilterMetrics
 from milters.metrics import serve as serve_metrics
@@ -346,7 +346,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
                     eight_bit=eight_bit,
                 )
             )
-        fields.setdefault("timings_ms", {})["lmtp"] = int((time.monotonic() - started) * 1000)
+        fields.setdefault("timings_ms", {})["lmtp"] = elapsed_ms(started)
         non_local = [bare(r) for r in self.recipients if r not in local]
         mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
         decision = fold(delivery.outcomes, non_local, mode)
@@ -385,7 +385,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         return status
 
     def _log(self, fields: dict[str, Any]) -> None:
-        fields.setdefault("timings_ms", {})["total"] = int((time.monotonic() - self.started) * 1000)
+        fields.setdefault("timings_ms", {})["total"] = elapsed_ms(self.started)
         self.service.emit("transaction", **fields)
 
 

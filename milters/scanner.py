@@ -17,6 +17,7 @@ from typing import TypeVar
 from milters import clamd, spamc
 from milters.backend import BackendUnavailable
 from milters.config import MilterConfig
+from milters.jsonlog import elapsed_ms
 from milters.spool import Spool
 from milters.verdict import Clean, Infected, SkipCause, SpamCheck, SpamScore, Unscanned, VirusCheck
 
@@ -27,7 +28,7 @@ Result = TypeVar("Result", VirusCheck, SpamCheck)
 class ScanReport:
     virus: VirusCheck
     spam: SpamCheck
-    timings_ms: dict[str, int] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
     spamd_backend: str = ""
     clamd_backend: str = ""
     spam_precise: bool = True
@@ -62,7 +63,7 @@ class Scanner:
         except (OSError, clamd.ClamdError) as exc:
             return Unscanned("clamd", SkipCause.FAILED, _describe(exc))
         finally:
-            report.timings_ms["clamd"] = int((time.monotonic() - started) * 1000)
+            report.timings_ms["clamd"] = elapsed_ms(started)
         report.clamd_backend = result.backend
         return Infected(result.signature) if result.signature else Clean()
 
@@ -77,7 +78,7 @@ class Scanner:
         except (OSError, spamc.SpamdError) as exc:
             return Unscanned("spamd", SkipCause.FAILED, _describe(exc))
         finally:
-            report.timings_ms["spamd"] = int((time.monotonic() - started) * 1000)
+            report.timings_ms["spamd"] = elapsed_ms(started)
         report.spamd_backend = result.backend
         report.spam_precise = result.precise
         return SpamScore(result.score, result.tests)
@@ -121,7 +122,7 @@ class Scanner:
             report.virus = _outcome(virus_job, "clamd")
         if spam_job is not None:
             report.spam = _outcome(spam_job, "spamd")
-        report.timings_ms["scan"] = int((time.monotonic() - started) * 1000)
+        report.timings_ms["scan"] = elapsed_ms(started)
         return report
 
 
