@@ -279,7 +279,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         if any(n.lower() == "message-id" for n, _ in self.headers):
             return []
         mid = content_message_id(
-            self.kept, self.spool.digest.digest(), self.sender, self.rt.config.hostname
+            self.kept, self.spool.body_digest(), self.sender, self.rt.config.hostname
         )
         return [("Message-ID", mid)]
 

@@ -19,7 +19,6 @@ class Spool:
         self.memory_limit = memory_limit
         self.directory = directory
         self.size = 0
-        self.digest = hashlib.sha256()  # of the body, for a content-derived Message-ID
         self.eight_bit = False  # any byte above 127 so far (decides LMTP BODY=8BITMIME)
         self._memory = bytearray()
         self._file: BinaryIO | None = None
@@ -31,7 +30,6 @@ class Spool:
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        self.digest.update(chunk)
         if not self.eight_bit and not chunk.isascii():
             self.eight_bit = True
         if self._file is None and len(self._memory) + len(chunk) <= self.memory_limit:
@@ -43,6 +41,18 @@ class Spool:
             self._file.write(self._memory)
             self._memory = bytearray()
         self._file.write(chunk)
+
+    def body_digest(self) -> bytes:
+        """SHA-256 of the body, for a content-derived Message-ID.
+
+        Computed on demand: only messages without a Message-ID need it, and hashing every
+        body as it arrives would cost a 10 MB message some 20 ms of CPU for nothing.
+        """
+        digest = hashlib.sha256()
+        with self.reader() as body:
+            while chunk := body.read(1 << 20):
+                digest.update(chunk)
+        return digest.digest()
 
     def memory(self) -> bytes:
         """The body, while it is held in memory (b"" once it went to disk)."""

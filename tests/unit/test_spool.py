@@ -1,5 +1,6 @@
 """The spool keeps small messages in memory and large ones on disk, readable twice at once."""
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -65,4 +66,13 @@ def test_message_stream_is_the_same_in_memory_and_on_disk(
         assert stream.read() == b"Subject: x\r\n\r\nline one\r\n.dot\r\nend\r\n"
         stream.seek(0)
         assert stream.read(9) == b"Subject: "
+    spool.close()
+
+
+@pytest.mark.parametrize("memory_limit", [0, 1 << 20])
+def test_body_digest_covers_the_whole_body(tmp_path: Path, memory_limit: int) -> None:
+    spool = Spool(memory_limit, str(tmp_path))
+    for part in (b"first\r\n", b"second\r\n"):
+        spool.write(part)
+    assert spool.body_digest() == hashlib.sha256(b"first\r\nsecond\r\n").digest()
     spool.close()
