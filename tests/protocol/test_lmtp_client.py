@@ -366,17 +366,6 @@ def test_connection_reused_at_once_after_a_complete_transaction(serve: Serve) ->
     assert session.commands[-1] == "QUIT"
 
 
-def test_connection_closed_as_it_was_reused_is_retried_once_on_a_new_one(serve: Serve) -> None:
-    """The server hung up between our check and our MAIL: nothing was sent, so try again."""
-    server = serve(Script(close_on="NEXT-MAIL"))
-    with LmtpClient(server.address, timeouts=FAST) as client:
-        client.deliver("s@x", ["a@x"], MESSAGE)
-        result = client.deliver("s@x", ["b@x"], MESSAGE)
-    assert result.replies["b@x"].code == 250
-    assert not result.timings.reused_connection
-    assert [len(session.messages) for session in server.sessions] == [1, 1]
-
-
 def test_connection_idle_beyond_trust_idle_is_checked_with_rset(serve: Serve) -> None:
     server = serve()
     with LmtpClient(server.address, timeouts=FAST, trust_idle=0.0) as client:
@@ -389,26 +378,29 @@ def test_connection_idle_beyond_trust_idle_is_checked_with_rset(serve: Serve) ->
     assert session.commands[second_mail - 1] == "RSET"
 
 
-def test_server_that_spoke_while_idle_is_not_reused(serve: Serve) -> None:
-    """A 421 (idle timeout, shutdown) sent between transactions: that connection is done."""
-    server = serve(Script(say_after_tx="421 4.4.2 idle too long"))
+@pytest.mark.parametrize(
+    ("script", "pause"),
+    [
+        # the server closed the idle connection (its timeout, a restart)
+        (Script(close_on="AFTER-TX"), 0.0),
+        # it said 421 (idle timeout, shutdown) between transactions: that connection is done
+        (Script(say_after_tx="421 4.4.2 idle too long"), 0.3),  # sent a byte at a time
+        # it hung up between our check and our MAIL: nothing was sent, so try again once
+        (Script(close_on="NEXT-MAIL"), 0.0),
+    ],
+    ids=["closed", "said-421", "closed-as-reused"],
+)
+def test_connection_the_server_gave_up_is_replaced(
+    serve: Serve, script: Script, pause: float
+) -> None:
+    server = serve(script)
     with LmtpClient(server.address, timeouts=FAST) as client:
         client.deliver("s@x", ["a@x"], MESSAGE)
-        time.sleep(0.3)  # the server writes its line a byte at a time
+        time.sleep(pause)
         result = client.deliver("s@x", ["b@x"], MESSAGE)
     assert result.replies["b@x"].code == 250
     assert not result.timings.reused_connection
-    assert len(server.sessions) == 2
-
-
-def test_server_closed_idle_connection_is_replaced(serve: Serve) -> None:
-    server = serve(Script(close_on="AFTER-TX"))
-    with LmtpClient(server.address, timeouts=FAST) as client:
-        client.deliver("s@x", ["a@x"], MESSAGE)
-        result = client.deliver("s@x", ["b@x"], MESSAGE)
-    assert result.replies["b@x"].code == 250
-    assert not result.timings.reused_connection
-    assert len(server.sessions) == 2
+    assert [len(session.messages) for session in server.sessions] == [1, 1]
 
 
 def test_idle_limit_opens_a_new_connection(serve: Serve) -> None:
