@@ -43,7 +43,7 @@ ansible-lint: ansible-venv
 		--vault-password-file inventories/split/vault-password.example site.yml --syntax-check
 
 typecheck: venv
-	$(VENV)/bin/mypy milters lmtp_bridge
+	$(VENV)/bin/mypy milters lmtp_bridge tests bench
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit tests/protocol

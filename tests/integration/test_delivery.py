@@ -70,6 +70,7 @@ def test_delivered_copy_carries_our_headers_and_a_received_line(
     assert stored["X-Spam-Flag"] is None
     assert stored["X-Spam-Status"].startswith("No, score=")
     received = stored.get_all("Received")
+    assert received is not None
     assert "with LMTPA" in received[0]  # Cyrus's own, on top
     assert received[1].startswith("from client.relay.test (localhost [127.0.0.1])")
     assert "by mx.example.org (Postfix) with ESMTP id" in received[1]

@@ -176,7 +176,7 @@ def test_sighup_refuses_a_broken_config_and_applies_a_good_one(
         before = len(events_named(milter, "config_reload_failed"))
         milter.process.proc.send_signal(signal.SIGHUP)
         failed = wait_for(lambda: events_named(milter, "config_reload_failed")[before:], 10)
-        assert failed and "spam.tag_above" in " ".join(failed[0]["problems"])  # type: ignore[arg-type]
+        assert failed and "spam.tag_above" in " ".join(failed[0]["problems"])
         assert milter.process.running()
         mid = unique_id()
         assert submit(postfix, mid, GTUBE).data.code == 550  # type: ignore[union-attr]

@@ -18,7 +18,8 @@ from Milter.testctx import TestCtx
 
 from milters.config import parse_config
 from milters.jsonlog import EventLog
-from milters.scan_milter import MilterService, ScanMilter
+from milters.milter_service import MilterService
+from milters.scan_milter import ScanMilter
 from milters.scanner import ScanReport
 from milters.spool import Spool
 from milters.verdict import Clean, Infected, SkipCause, SpamScore, Unscanned

@@ -9,9 +9,11 @@ from milters.verdict import (
     Clean,
     Infected,
     SkipCause,
+    SpamCheck,
     SpamScore,
     Unscanned,
     VerdictPolicy,
+    VirusCheck,
     decide,
     format_score,
     stars,
@@ -94,7 +96,11 @@ FAILED_CLAMD = Unscanned("clamd", SkipCause.FAILED, "timed out")
 
 
 def test_backend_failure_tempfails_by_default() -> None:
-    for virus, spam in [(Clean(), FAILED_SPAMD), (FAILED_CLAMD, score("0"))]:
+    cases: list[tuple[VirusCheck, SpamCheck]] = [
+        (Clean(), FAILED_SPAMD),
+        (FAILED_CLAMD, score("0")),
+    ]
+    for virus, spam in cases:
         verdict = decide(virus, spam, DEFAULT)
         assert verdict.action is Action.TEMPFAIL
         assert verdict.reply is not None and verdict.reply.code == "451"
