@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -15,6 +16,11 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 _FIXED_DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def unique_message_id() -> str:
+    """A fresh Message-ID: Cyrus and Bayes would treat a repeated one as a duplicate."""
+    return f"<{uuid.uuid4().hex}@relay.test>"
 
 
 def build_message(

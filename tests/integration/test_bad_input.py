@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cyrus import Cyrus
+from tests.harness.messages import unique_message_id
 from tests.harness.milter import ScanMilter, wait_for
 from tests.harness.postfix import Postfix
 from tests.harness.smtp import Transaction, send
@@ -31,7 +32,7 @@ def headers(subject: str, *, with_ids: bool = True) -> bytes:
     if with_ids:
         lines += [
             f"Date: {format_datetime(datetime.now(UTC))}",
-            f"Message-ID: <{uuid.uuid4().hex}@relay.test>",
+            f"Message-ID: {unique_message_id()}",
         ]
     return ("\r\n".join(lines) + "\r\n").encode()
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from tests.harness.cyrus import Cyrus
-from tests.harness.messages import build_message
+from tests.harness.messages import build_message, unique_message_id
 from tests.harness.milter import ScanMilter
 from tests.harness.postfix import Postfix, SmtpSink
 from tests.harness.smtp import send
@@ -33,14 +33,10 @@ def copies(cyrus: Cyrus, user: str, mid: str) -> int:
     )
 
 
-def unique_id() -> str:
-    return f"<{uuid.uuid4().hex}@relay.test>"
-
-
 def test_250_only_after_both_mailboxes_have_it(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = send(postfix.address, SENDER, ["alice@example.org", "bob@example.org"], message(mid))
     assert tx.data is not None and tx.data.code == 250, tx
     # No waiting: at the moment of the 250 both copies are readable and the queue is empty.
@@ -58,7 +54,7 @@ def test_250_only_after_both_mailboxes_have_it(
 def test_delivered_copy_carries_our_headers_and_a_received_line(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     raw = message(mid, extra_headers={"X-Spam-Flag": "NO"})
     tx = send(postfix.address, SENDER, ["carol@example.org"], raw)
     assert tx.data is not None and tx.data.code == 250, tx
@@ -79,7 +75,7 @@ def test_delivered_copy_carries_our_headers_and_a_received_line(
 def test_cyrus_down_gives_451_and_a_resend_is_delivered_once(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     raw = message(mid)
     cyrus.stop()
     try:
@@ -106,7 +102,7 @@ def test_cyrus_down_gives_451_and_a_resend_is_delivered_once(
 def test_all_local_recipients_refused_is_cyrus_5xx_to_the_client(
     scan_milter: ScanMilter, postfix: Postfix
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = send(postfix.address, SENDER, ["nobody@example.org"], message(mid))
     assert tx.data is not None and tx.data.code == 550, tx
     assert tx.data.enhanced == "5.1.1"
@@ -117,7 +113,7 @@ def test_all_local_recipients_refused_is_cyrus_5xx_to_the_client(
 def test_mixed_default_leaves_the_refused_one_to_postfix(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = send(postfix.address, SENDER, ["alice@example.org", "nobody@example.org"], message(mid))
     assert tx.data is not None and tx.data.code == 250, tx
     assert copies(cyrus, "alice", mid) == 1
@@ -135,7 +131,7 @@ def test_mixed_strict_tempfails_and_the_retry_does_not_duplicate(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
     scan_milter.ensure({"delivery": {"strict": True}})
-    mid = unique_id()
+    mid = unique_message_id()
     raw = message(mid)
     tx = send(postfix.address, SENDER, ["alice@example.org", "nobody@example.org"], raw)
     assert tx.data is not None and tx.data.code == 451, tx
@@ -149,7 +145,7 @@ def test_mixed_strict_tempfails_and_the_retry_does_not_duplicate(
 def test_non_local_recipients_stay_in_postfix_for_relay(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, smtp_sink: SmtpSink
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = send(postfix.address, SENDER, ["alice@example.org", "carl@relay.test"], message(mid))
     assert tx.data is not None and tx.data.code == 250, tx
     assert copies(cyrus, "alice", mid) == 1

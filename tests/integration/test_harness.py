@@ -5,7 +5,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import struct
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +14,13 @@ import pytest
 from tests.harness.clamd import CLAM_ZIP, Clamd
 from tests.harness.cyrus import Cyrus
 from tests.harness.logs import DaemonLogs
-from tests.harness.messages import EICAR, GTUBE, build_attachment_message, build_message
+from tests.harness.messages import (
+    EICAR,
+    GTUBE,
+    build_attachment_message,
+    build_message,
+    unique_message_id,
+)
 from tests.harness.postfix import Postfix, SmtpSink
 from tests.harness.process import accepts, wait_until
 from tests.harness.slapd import BASE_DN, ROOT_DN, ROOT_PASSWORD, USERS, Slapd
@@ -72,7 +77,7 @@ def clamd_instream(address: tuple[str, int] | Path, data: bytes) -> str:
 
 
 def unique_message(token: str = "", recipient: str = "alice@example.org") -> tuple[str, bytes]:
-    mid = f"<{uuid.uuid4().hex}@relay.test>"
+    mid = unique_message_id()
     return mid, build_message(token, recipient=recipient, message_id=mid)
 
 

@@ -7,7 +7,6 @@ With LDAP down, a route cannot be known: 451, not a guess.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ import ldap
 import pytest
 
 from tests.harness.cyrus import Cyrus
-from tests.harness.messages import build_message
+from tests.harness.messages import build_message, unique_message_id
 from tests.harness.milter import ScanMilter
 from tests.harness.postfix import Postfix
 from tests.harness.slapd import PEOPLE_DN, ROOT_DN, ROOT_PASSWORD, Slapd
@@ -66,7 +65,7 @@ def routed_milter(scan_milter: ScanMilter, slapd: Slapd) -> ScanMilter:
 def test_mail_host_routes_each_recipient_to_its_backend(
     routed_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, carol_on_tcp: str
 ) -> None:
-    mid = f"<{uuid.uuid4().hex}@relay.test>"
+    mid = unique_message_id()
     raw = build_message(message_id=mid, date=datetime.now(UTC))
     tx = send(postfix.address, "bob@relay.test", ["alice@example.org", "carol@example.org"], raw)
     assert tx.data is not None and tx.data.code == 250, tx
@@ -84,7 +83,7 @@ def test_mail_host_routes_each_recipient_to_its_backend(
 def test_ldap_down_means_no_route_and_451(
     routed_milter: ScanMilter, postfix: Postfix, slapd: Slapd, cyrus: Cyrus
 ) -> None:
-    mid = f"<{uuid.uuid4().hex}@relay.test>"
+    mid = unique_message_id()
     raw = build_message(message_id=mid, date=datetime.now(UTC))
     slapd.stop()
     try:

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness.cyrus import ADMIN_PASSWORD, ADMIN_USER, Cyrus
 from tests.harness.learning_spamd import LearningSpamd
 from tests.harness.logs import DaemonLogs
-from tests.harness.messages import GTUBE, build_message
+from tests.harness.messages import GTUBE, build_message, unique_message_id
 from tests.harness.milter import MAILGLUE, ScanMilter, wait_for
 from tests.harness.postfix import Postfix
 from tests.harness.process import LOOPBACK, accepts, free_port, wait_until
@@ -35,10 +34,6 @@ from tests.harness.smtp import Transaction, send
 from tests.harness.spamd import Spamd
 
 SENDER = "bob@relay.test"
-
-
-def unique_id() -> str:
-    return f"<{uuid.uuid4().hex}@relay.test>"
 
 
 def submit(postfix: Postfix, mid: str, token: str = "") -> Transaction:
@@ -63,7 +58,7 @@ def mailglue(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProc
 def test_trace_of_a_rejected_gtube_shows_score_test_and_reply(
     scan_milter: ScanMilter, postfix: Postfix
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, mid, GTUBE)
     assert tx.data is not None and tx.data.code == 550, tx
     queue_id = scan_milter.transaction(mid)["queue_id"]
@@ -107,7 +102,7 @@ def test_shadow_mode_delivers_gtube_tagged_and_logs_would_reject(
     scan_milter_process: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
     scan_milter_process.ensure({"milter": {"shadow": True}})
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, mid, GTUBE)
     assert tx.data is not None and tx.data.code == 250, tx
     copy = next(
@@ -140,7 +135,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_count_a_run_exactly(scan_milter_process: ScanMilter, postfix: Postfix) -> None:
     port = free_port()
     scan_milter_process.ensure({"milter": {"metrics_listen": f"{LOOPBACK}:{port}"}})
-    mids = [unique_id() for _ in range(4)]
+    mids = [unique_message_id() for _ in range(4)]
     for mid in mids[:3]:
         assert submit(postfix, mid).data.code == 250  # type: ignore[union-attr]
     assert submit(postfix, mids[3], GTUBE).data.code == 550  # type: ignore[union-attr]
@@ -178,7 +173,7 @@ def test_sighup_refuses_a_broken_config_and_applies_a_good_one(
         failed = wait_for(lambda: events_named(milter, "config_reload_failed")[before:], 10)
         assert failed and "spam.tag_above" in " ".join(failed[0]["problems"])
         assert milter.process.running()
-        mid = unique_id()
+        mid = unique_message_id()
         assert submit(postfix, mid, GTUBE).data.code == 550  # type: ignore[union-attr]
 
         config = yaml.safe_load(good)
@@ -187,7 +182,7 @@ def test_sighup_refuses_a_broken_config_and_applies_a_good_one(
         reloaded = len(events_named(milter, "config_reloaded"))
         milter.process.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: events_named(milter, "config_reloaded")[reloaded:], 10)
-        assert submit(postfix, unique_id(), GTUBE).data.code == 250  # type: ignore[union-attr]
+        assert submit(postfix, unique_message_id(), GTUBE).data.code == 250  # type: ignore[union-attr]
     finally:
         milter.stop()  # the running config no longer matches the harness's record
 
@@ -200,7 +195,7 @@ def test_sigterm_lets_the_transaction_in_flight_finish(
     try:
         milter.ensure({"spam": {"backends": [proxy.address]}})
         assert milter.process is not None and milter.process.proc is not None
-        mid = unique_id()
+        mid = unique_message_id()
         result: list[Transaction] = []
         client = threading.Thread(target=lambda: result.append(submit(postfix, mid)))
         client.start()
@@ -254,15 +249,15 @@ def test_learn_teaches_spamd_and_empties_the_folder_once(
         assert imap.setacl(LEARN_FOLDER, ADMIN_USER, "lrswitex")[0] == "OK"
     body = "Dear colleague,\n\nplease find the seminar schedule for next week below.\n"
     tagged = build_message(
-        body=body, message_id=unique_id(),
+        body=body, message_id=unique_message_id(),
         extra_headers={"X-Spam-Status": "Yes, score=4.0 required=3.0 tests=MG_TEST_4_0=4.0",
                        "X-Spam-Flag": "YES", "X-Spam-Level": "****"},
     )  # fmt: skip
     missed = build_message(
-        body="Cheap watches, best prices, click here now!\n", message_id=unique_id(),
+        body="Cheap watches, best prices, click here now!\n", message_id=unique_message_id(),
         extra_headers={"X-Spam-Status": "No, score=0.5 required=3.0 tests=MG=0.5"},
     )  # fmt: skip
-    foreign = build_message(body="Not scanned by us.\n", message_id=unique_id())
+    foreign = build_message(body="Not scanned by us.\n", message_id=unique_message_id())
     for message in (tagged, missed, foreign):
         append(cyrus, message)
     config = tmp_path / "learn.yaml"

@@ -11,7 +11,6 @@ import email
 import socket
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
@@ -21,7 +20,13 @@ import pytest
 
 from tests.harness.clamd import CLAM_ZIP, Clamd
 from tests.harness.cyrus import Cyrus
-from tests.harness.messages import EICAR, GTUBE, build_attachment_message, build_message
+from tests.harness.messages import (
+    EICAR,
+    GTUBE,
+    build_attachment_message,
+    build_message,
+    unique_message_id,
+)
 from tests.harness.milter import ScanMilter, wait_for
 from tests.harness.postfix import Postfix
 from tests.harness.process import free_port
@@ -43,10 +48,6 @@ def fresh(token: str = "", **kwargs: Any) -> bytes:
     """A test message dated now: our Received line is dated now, and an old Date header would
     score DATE_IN_PAST_96_XX and blur the exact score bands."""
     return build_message(token, date=datetime.now(UTC), **kwargs)
-
-
-def unique_id() -> str:
-    return f"<{uuid.uuid4().hex}@relay.test>"
 
 
 def stored(cyrus: Cyrus, user: str, message_id: str, timeout: float = 20) -> Message | None:
@@ -80,7 +81,7 @@ def submit(postfix: Postfix, message: bytes, rcpts: list[str] | None = None) -> 
 def test_clean_message_is_delivered_with_spam_status_and_no_flag(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(message_id=mid))
     assert tx.data is not None and tx.data.code == 250, tx
     copy = stored(cyrus, "alice", mid)
@@ -98,7 +99,7 @@ def test_clean_message_is_delivered_with_spam_status_and_no_flag(
 def test_gtube_is_rejected_550_and_not_stored(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(GTUBE, message_id=mid))
     assert tx.data is not None and tx.data.code == 550, tx
     assert tx.data.enhanced == "5.7.1"
@@ -125,7 +126,7 @@ def test_gtube_is_rejected_550_and_not_stored(
 def test_virus_is_rejected_554_naming_the_signature(
     scan_milter: ScanMilter, postfix: Postfix, message: object, signature: str
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     raw = message(mid)  # type: ignore[operator]
     tx = submit(postfix, raw)
     assert tx.data is not None and tx.data.code == 554, tx
@@ -153,7 +154,7 @@ def test_score_bands_below_reject(
     flagged: bool,
     level: str | None,
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(rule.token, message_id=mid))
     assert tx.data is not None and tx.data.code == 250, tx
     copy = stored(cyrus, "alice", mid)
@@ -168,7 +169,7 @@ def test_score_bands_below_reject(
 
 
 def test_score_5_0_is_rejected(scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(RULE_5_0.token, message_id=mid))
     assert tx.data is not None and tx.data.code == 550, tx
     assert tx.data.text.endswith("Message rejected as spam (score 5.0)")
@@ -178,7 +179,7 @@ def test_score_5_0_is_rejected(scan_milter: ScanMilter, postfix: Postfix, cyrus:
 def test_forged_spam_headers_are_replaced_by_ours(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     raw = fresh(
         RULE_4_0.token,
         message_id=mid,
@@ -209,7 +210,7 @@ def test_spamd_down_tempfails_by_default(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
     scan_milter.ensure({"spam": {"backends": [DEAD_BACKEND]}})
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(message_id=mid))
     assert tx.data is not None and tx.data.code == 451, tx
     assert tx.data.enhanced == "4.7.1"
@@ -222,7 +223,7 @@ def test_spamd_down_with_accept_policy_delivers_marked(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
     scan_milter.ensure({"spam": {"backends": [DEAD_BACKEND], "on_failure": "accept"}})
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(message_id=mid))
     assert tx.data is not None and tx.data.code == 250, tx
     copy = stored(cyrus, "alice", mid)
@@ -236,13 +237,13 @@ def test_clamd_stopped_tempfails_then_accept_policy_delivers_marked(
 ) -> None:
     clamd.stop()
     try:
-        mid = unique_id()
+        mid = unique_message_id()
         tx = submit(postfix, fresh(message_id=mid))
         assert tx.data is not None and tx.data.code == 451, tx
         assert absent(cyrus, "alice", mid, postfix)
 
         scan_milter.ensure({"virus": {"on_failure": "accept"}})
-        mid = unique_id()
+        mid = unique_message_id()
         tx = submit(postfix, fresh(message_id=mid))
         assert tx.data is not None and tx.data.code == 250, tx
         copy = stored(cyrus, "alice", mid)
@@ -258,7 +259,7 @@ def test_milter_down_means_451_never_a_pass(
     scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
 ) -> None:
     scan_milter.stop()
-    mid = unique_id()
+    mid = unique_message_id()
     tx = submit(postfix, fresh(GTUBE, message_id=mid))
     codes = [r.code for r in [tx.mail, *tx.rcpt.values(), *([tx.data] if tx.data else [])]]
     assert 451 in codes and 250 not in codes[-1:], tx
@@ -266,7 +267,7 @@ def test_milter_down_means_451_never_a_pass(
 
 
 def test_journal_is_jq_friendly(scan_milter: ScanMilter, postfix: Postfix) -> None:
-    mid = unique_id()
+    mid = unique_message_id()
     submit(postfix, fresh(GTUBE, message_id=mid))
     lines = Path(scan_milter.events_path).read_text().splitlines()
     assert all(line.startswith("{") and line.endswith("}") for line in lines)
@@ -322,7 +323,7 @@ def test_hung_spamd_ends_at_the_time_budget_with_451(
                 "spam": {"backends": [f"inet:127.0.0.1:{hung.port}"], "timeout": 30},
             }
         )
-        mid = unique_id()
+        mid = unique_message_id()
         started = time.monotonic()
         tx = submit(postfix, fresh(message_id=mid))
         elapsed = time.monotonic() - started
