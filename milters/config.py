@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, metrics_address
+from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
 from milters.ldapconfig import LdapConfig, read_ldap
 
 FAILURE_POLICIES = ("tempfail", "accept")
@@ -185,9 +185,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
     metrics_listen = metrics_address(milter, "metrics_listen")
     shutdown_grace = milter.seconds("shutdown_grace", time_budget, minimum=0.0)
     milter.finish()
-    log = top.section("log")
-    log_file = log.optional_text("file")
-    log.finish()
+    log_path = log_file(top)
     config = MilterConfig(
         listen=listen,
         hostname=hostname,
@@ -198,7 +196,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
         spam=_spam(top.section("spam")),
         virus=_virus(top.section("virus")),
         delivery=_delivery(top.section("delivery")),
-        log_file=log_file,
+        log_file=log_path,
         shadow=shadow,
         metrics_listen=metrics_listen,
         shutdown_grace=shutdown_grace if milter.has("shutdown_grace") else None,

@@ -212,6 +212,14 @@ class ConfigReader:
         return value
 
 
+def log_file(top: ConfigReader) -> str | None:
+    """The `log:` section every config shares: its `file` (absent: the program logs to a stream)."""
+    log = top.section("log")
+    path = log.optional_text("file")
+    log.finish()
+    return path
+
+
 def metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
     """`127.0.0.1:9898` (or `inet:127.0.0.1:9898`): where Prometheus scrapes; absent = off.
 

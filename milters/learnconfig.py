@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml
+from milters.configkit import ConfigReader, load_yaml, log_file
 
 SECURITY = ("tls", "starttls", "none")
 AFTER = ("delete", "move")
@@ -92,9 +92,7 @@ def parse_learn_config(source: str, data: object) -> LearnConfig:
     max_messages = learn.integer("max_messages", d.max_messages, minimum=1)
     max_size = learn.integer("max_size", d.max_size, minimum=1024)
     learn.finish()
-    log = top.section("log")
-    log_file = log.optional_text("file")
-    log.finish()
+    log_path = log_file(top)
     top.finish_document()
     return LearnConfig(
         imap=imap,
@@ -105,7 +103,7 @@ def parse_learn_config(source: str, data: object) -> LearnConfig:
         move_to=move_to,
         max_messages=max_messages,
         max_size=max_size,
-        log_file=log_file,
+        log_file=log_path,
         source=source,
     )
 

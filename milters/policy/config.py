@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, metrics_address
+from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
 from milters.ldapconfig import LdapConfig, Secret, read_ldap
 
 __all__ = [
@@ -154,9 +154,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
     max_attributes = policy.integer("max_attributes", d.max_attributes, minimum=10, maximum=1000)
     metrics_listen = metrics_address(policy, "metrics_listen")
     policy.finish()
-    log = top.section("log")
-    log_file = log.optional_text("file")
-    log.finish()
+    log_path = log_file(top)
     config = PolicyConfig(
         listen=listen,
         local_domains=local_domains,
@@ -168,7 +166,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         ldap=read_ldap(top.section("ldap")),
         mailbox=_mailbox(top.section("mailbox")),
         rate_limits=_rate_limits(top.section("rate_limits")),
-        log_file=log_file,
+        log_file=log_path,
         metrics_listen=metrics_listen,
         source=source,
     )
