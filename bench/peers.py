@@ -44,18 +44,39 @@ def ensure_installed() -> None:
     )
 
 
-class SpamassMilter:
-    """spamass-milter in the foreground; it runs one `spamc` per message against our spamd."""
+class _LoopbackMilter:
+    """A peer milter on a loopback port, run in the foreground under the harness."""
 
-    def __init__(self, root: Path, spamd: Spamd) -> None:
+    name = ""
+
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_port()
-        self.spamd = spamd
         self.process: ManagedProcess | None = None
 
     @property
     def socket(self) -> str:
+        """How Postfix's smtpd_milters names it."""
         return f"inet:{LOOPBACK}:{self.port}"
+
+    def _run(self, argv: list[str]) -> None:
+        self.process = ManagedProcess(self.name, argv, self.root / f"{self.name}.log")
+        self.process.start()
+        self.process.wait_ready((LOOPBACK, self.port))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop([(LOOPBACK, self.port)])
+
+
+class SpamassMilter(_LoopbackMilter):
+    """spamass-milter in the foreground; it runs one `spamc` per message against our spamd."""
+
+    name = "spamass-milter"
+
+    def __init__(self, root: Path, spamd: Spamd) -> None:
+        super().__init__(root)
+        self.spamd = spamd
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -71,27 +92,17 @@ class SpamassMilter:
             "-p",
             str(self.spamd.port),
         ]
-        self.process = ManagedProcess("spamass-milter", argv, self.root / "spamass-milter.log")
-        self.process.start()
-        self.process.wait_ready((LOOPBACK, self.port))
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop([(LOOPBACK, self.port)])
+        self._run(argv)
 
 
-class ClamavMilter:
+class ClamavMilter(_LoopbackMilter):
     """clamav-milter in the foreground, asking our clamd over its unix socket."""
 
-    def __init__(self, root: Path, clamd: Clamd) -> None:
-        self.root = root
-        self.port = free_port()
-        self.clamd = clamd
-        self.process: ManagedProcess | None = None
+    name = "clamav-milter"
 
-    @property
-    def socket(self) -> str:
-        return f"inet:{LOOPBACK}:{self.port}"
+    def __init__(self, root: Path, clamd: Clamd) -> None:
+        super().__init__(root)
+        self.clamd = clamd
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -112,14 +123,7 @@ MaxFileSize 25M
 ReadTimeout 300
 """
         )
-        argv = ["/usr/sbin/clamav-milter", "--config-file", str(conf)]
-        self.process = ManagedProcess("clamav-milter", argv, self.root / "clamav-milter.log")
-        self.process.start()
-        self.process.wait_ready((LOOPBACK, self.port))
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop([(LOOPBACK, self.port)])
+        self._run(["/usr/sbin/clamav-milter", "--config-file", str(conf)])
 
 
 class Amavis:
