@@ -268,7 +268,8 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             datetime.now(UTC),
         )
         self.kept = [(n, v) for n, v in self.headers if not is_owned(n)]
-        prefix = render([self.received, *self.kept]) + b"\r\n"
+        self.rendered = render([self.received, *self.kept])  # delivery appends ours to it
+        prefix = self.rendered + b"\r\n"
         report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
         verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
         return verdict, report
@@ -331,7 +332,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
     ) -> int:
         """Deliver to Cyrus now; the fold rule turns its replies into the client's reply."""
         assert self.spool is not None
-        prefix = render([self.received, *self.kept, *added]) + b"\r\n"
+        prefix = self.rendered + render(added) + b"\r\n"
         started = time.monotonic()
         size = len(prefix) + self.spool.size
         eight_bit = self.spool.eight_bit or not prefix.isascii()
