@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
@@ -16,12 +17,14 @@ from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
 from milters.ldapconfig import LdapConfig, Secret, read_ldap
 
 __all__ = [
+    "AliasConfig",
     "LdapConfig",
     "MailboxConfig",
     "PolicyConfig",
     "RateLimitConfig",
     "RateLimits",
     "Secret",
+    "SenderRules",
     "load_policy_config",
     "parse_policy_config",
 ]
@@ -58,6 +61,29 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class AliasConfig:
+    """Where aliases live in LDAP (Postfix's virtual_alias_maps reads the same entries)."""
+
+    base: str
+    filter: str = "(objectClass=nisMailAlias)"
+    key_attribute: str = "cn"
+    member_attribute: str = "rfc822MailMember"
+    max_depth: int = 8
+
+
+@dataclass(frozen=True)
+class SenderRules:
+    """Who may use which envelope sender."""
+
+    # Unauthenticated clients may not use a sender in our own domains (forgery from outside),
+    # except from these networks (e.g. a list server re-injecting on loopback).
+    local_requires_login: bool = True
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    # `MAIL FROM:<>` after AUTH: a user has no business sending bounces, and it dodges limits.
+    refuse_null_sender_after_login: bool = True
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     listen: str = "inet:127.0.0.1:10040"
     local_domains: tuple[str, ...] = ()
@@ -68,6 +94,8 @@ class PolicyConfig:
     max_attributes: int = 100
     ldap: LdapConfig = field(default_factory=LdapConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    aliases: AliasConfig | None = None  # None: no alias lookups (every non-user is unknown)
+    senders: SenderRules = field(default_factory=SenderRules)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     log_file: str | None = None
     metrics_listen: InetAddress | None = None  # Prometheus endpoint; off when None
@@ -124,6 +152,48 @@ def _rate_limits(reader: ConfigReader) -> RateLimitConfig:
     return config
 
 
+def _aliases(top: ConfigReader) -> AliasConfig | None:
+    present = top.has("aliases")
+    reader = top.section("aliases")
+    if not present:
+        return None
+    base = reader.text("base", "")
+    if not base:
+        reader.problem("base", "is required (the search base of the aliases)")
+    d = AliasConfig(base="")
+    filter_text = reader.text("filter", d.filter)
+    if not (filter_text.startswith("(") and filter_text.endswith(")")):
+        reader.problem("filter", f"must be an LDAP filter in parentheses, got {filter_text!r}")
+    config = AliasConfig(
+        base=base,
+        filter=filter_text,
+        key_attribute=reader.text("key_attribute", d.key_attribute),
+        member_attribute=reader.text("member_attribute", d.member_attribute),
+        max_depth=reader.integer("max_depth", d.max_depth, minimum=1, maximum=32),
+    )
+    reader.finish()
+    return config
+
+
+def _senders(reader: ConfigReader) -> SenderRules:
+    d = SenderRules()
+    networks: list[IPv4Network | IPv6Network] = []
+    for text in reader.text_list("trusted_networks", ()):
+        try:
+            networks.append(ip_network(text, strict=False))
+        except ValueError as exc:
+            reader.problem("trusted_networks", f"{text!r} is not a network: {exc}")
+    rules = SenderRules(
+        local_requires_login=reader.boolean("local_requires_login", d.local_requires_login),
+        trusted_networks=tuple(networks),
+        refuse_null_sender_after_login=reader.boolean(
+            "refuse_null_sender_after_login", d.refuse_null_sender_after_login
+        ),
+    )
+    reader.finish()
+    return rules
+
+
 def _domains(reader: ConfigReader) -> tuple[str, ...]:
     domains = tuple(d.lower().rstrip(".") for d in reader.text_list("local_domains", ()))
     if not reader.has("local_domains") or not domains:
@@ -165,6 +235,8 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         max_attributes=max_attributes,
         ldap=read_ldap(top.section("ldap")),
         mailbox=_mailbox(top.section("mailbox")),
+        aliases=_aliases(top),
+        senders=_senders(top.section("senders")),
         rate_limits=_rate_limits(top.section("rate_limits")),
         log_file=log_path,
         metrics_listen=metrics_listen,

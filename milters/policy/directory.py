@@ -16,7 +16,7 @@ from typing import Any
 import ldap
 import ldap.filter
 
-from milters.policy.config import LdapConfig
+from milters.policy.config import AliasConfig, LdapConfig
 from milters.policy.decide import User
 
 __all__ = ["DirectoryUnavailable", "LdapDirectory", "user_filter"]
@@ -24,6 +24,9 @@ __all__ = ["DirectoryUnavailable", "LdapDirectory", "user_filter"]
 
 class DirectoryUnavailable(Exception):
     """LDAP could not give a trustworthy answer (down, slow, refused the bind, ambiguous data)."""
+
+
+Entries = list[tuple[str, dict[str, list[bytes]]]]
 
 
 def user_filter(base_filter: str, attributes: Iterable[str], value: str) -> str:
@@ -38,11 +41,17 @@ def _text(values: Iterable[bytes]) -> list[str]:
 
 
 class LdapDirectory:
-    """Finds users by address (recipient check) or by login (sender check)."""
+    """Finds users by address (recipient check) or by login (sender check), and aliases."""
 
-    def __init__(self, config: LdapConfig, route_attribute: str | None = None) -> None:
+    def __init__(
+        self,
+        config: LdapConfig,
+        route_attribute: str | None = None,
+        aliases: AliasConfig | None = None,
+    ) -> None:
         self.config = config
         self.route_attribute = route_attribute  # also fetched, e.g. mailHost for LMTP routing
+        self.aliases = aliases
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -59,12 +68,40 @@ class LdapDirectory:
         for conn in idle:
             self._unbind(conn)
 
+    def alias_members(self, address: str) -> tuple[str, ...] | None:
+        """The members of the alias `address`, or None when it is no alias (or aliases are
+        not configured)."""
+        a = self.aliases
+        if a is None:
+            return None
+        search = user_filter(a.filter, (a.key_attribute,), address)
+        entries = self._query(a.base, search, [a.member_attribute], address)
+        if not entries:
+            return None
+        members: list[str] = []
+        for _, attrs in entries:
+            members += (m.strip() for m in _text(attrs.get(a.member_attribute, [])))
+        return tuple(members)
+
     def _find(self, attributes: tuple[str, ...], value: str) -> User | None:
         search = user_filter(self.config.user_filter, attributes, value)
+        attrs = [self.config.uid_attribute, *self.config.address_attributes]
+        if self.route_attribute:
+            attrs.append(self.route_attribute)
+        return self._user(self._query(self.config.base, search, attrs, value), value)
+
+    def _query(self, base: str, search: str, attrs: list[str], value: str) -> Entries:
         for attempt in (1, 2):
             conn = self._acquire()
             try:
-                entries = self._search(conn, search)
+                result = conn.search_ext_s(
+                    base,
+                    ldap.SCOPE_SUBTREE,
+                    search,
+                    attrlist=attrs,
+                    timeout=self.config.timeout,
+                    sizelimit=2,
+                )
             except ldap.SIZELIMIT_EXCEEDED as exc:
                 self._release(conn)
                 raise DirectoryUnavailable(f"{value!r} belongs to several entries") from exc
@@ -77,24 +114,10 @@ class LdapDirectory:
                 self._unbind(conn)
                 raise DirectoryUnavailable(f"{self.config.uri}: {_describe(exc)}") from exc
             self._release(conn)
-            return self._user(entries, value)
+            return [(dn, found) for dn, found in result if dn is not None]  # skip referrals
         raise AssertionError("unreachable")
 
-    def _search(self, conn: Any, search: str) -> list[tuple[str, dict[str, list[bytes]]]]:
-        attrs = [self.config.uid_attribute, *self.config.address_attributes]
-        if self.route_attribute:
-            attrs.append(self.route_attribute)
-        result = conn.search_ext_s(
-            self.config.base,
-            ldap.SCOPE_SUBTREE,
-            search,
-            attrlist=attrs,
-            timeout=self.config.timeout,
-            sizelimit=2,
-        )
-        return [(dn, attrs) for dn, attrs in result if dn is not None]  # skip referrals
-
-    def _user(self, entries: list[tuple[str, dict[str, list[bytes]]]], value: str) -> User | None:
+    def _user(self, entries: Entries, value: str) -> User | None:
         if not entries:
             return None
         if len(entries) > 1:

@@ -6,19 +6,31 @@ server never has to know which exception a backend raises.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from milters.policy.decide import NOT_FOUND, Facts, Outage, Plan, User, UserLookup
+from milters.policy.aliases import MAX_DEPTH, Expansion, expand
+from milters.policy.decide import (
+    NOT_FOUND,
+    AliasLookup,
+    Facts,
+    MemberCheck,
+    Outage,
+    Plan,
+    User,
+    UserLookup,
+)
 from milters.policy.directory import DirectoryUnavailable
 from milters.policy.mailbox import MailboxUnavailable
 
-__all__ = ["Backends", "Directory", "Gathered", "Mailboxes", "gather"]
+__all__ = ["AliasRules", "Backends", "Directory", "Gathered", "Mailboxes", "gather"]
 
 
 class Directory(Protocol):
     def find_by_address(self, address: str) -> User | None: ...
     def find_by_login(self, login: str) -> User | None: ...
+    def alias_members(self, address: str) -> tuple[str, ...] | None: ...
     def close(self) -> None: ...
 
 
@@ -44,7 +56,9 @@ class Gathered:
 
     @property
     def outages(self) -> list[str]:
-        found = (self.facts.login_user, self.facts.recipient_user, self.facts.mailbox)
+        f = self.facts
+        found = [f.login_user, f.recipient_user, f.mailbox, f.sender_alias, f.recipient_alias]
+        found += [m.outage for m in f.members]
         return [f"{o.backend}: {o.detail}" for o in found if isinstance(o, Outage)]
 
 
@@ -52,24 +66,66 @@ def _user(lookup: UserLookup | User | None) -> UserLookup:
     return NOT_FOUND if lookup is None else lookup
 
 
-def gather(wanted: Plan, backends: Backends) -> Gathered:
-    login_user: UserLookup | None = None
-    recipient_user: UserLookup | None = None
-    mailbox: bool | Outage | None = None
+@dataclass(frozen=True)
+class AliasRules:
+    """What alias expansion needs to know besides the directory."""
+
+    local_domains: Collection[str] = ()
+    max_depth: int = MAX_DEPTH
+
+
+def _find(directory: Directory, address: str) -> UserLookup:
+    try:
+        return _user(directory.find_by_address(address))
+    except DirectoryUnavailable as exc:
+        return Outage("ldap", str(exc))
+
+
+def _mailbox(mailboxes: Mailboxes, user: User, address: str) -> tuple[bool | Outage, bool]:
+    try:
+        return mailboxes.exists(user, address)
+    except MailboxUnavailable as exc:
+        return Outage("cyrus", str(exc)), False
+
+
+def _alias(directory: Directory, address: str, rules: AliasRules) -> AliasLookup:
+    try:
+        return expand(address, directory.alias_members, rules.local_domains, rules.max_depth)
+    except DirectoryUnavailable as exc:
+        return Outage("ldap", str(exc))
+
+
+def _member(backends: Backends, address: str) -> MemberCheck:
+    user = _find(backends.directory, address)
+    if not isinstance(user, User):
+        return MemberCheck(address, user)
+    return MemberCheck(address, user, _mailbox(backends.mailboxes, user, address)[0])
+
+
+def gather(wanted: Plan, backends: Backends, rules: AliasRules | None = None) -> Gathered:
+    rules = rules or AliasRules()
+    directory = backends.directory
+    facts = Facts()
     cached: bool | None = None
     if wanted.login is not None:
         try:
-            login_user = _user(backends.directory.find_by_login(wanted.login))
+            login_user = _user(directory.find_by_login(wanted.login))
         except DirectoryUnavailable as exc:
             login_user = Outage("ldap", str(exc))
+        sender_alias: AliasLookup = None
+        owns = isinstance(login_user, User) and wanted.sender in login_user.addresses
+        if isinstance(login_user, User) and not owns and wanted.sender is not None:
+            sender_alias = _alias(directory, wanted.sender, rules)
+        facts = Facts(login_user=login_user, sender_alias=sender_alias)
     if wanted.recipient is not None:
-        try:
-            recipient_user = _user(backends.directory.find_by_address(wanted.recipient))
-        except DirectoryUnavailable as exc:
-            recipient_user = Outage("ldap", str(exc))
-        if isinstance(recipient_user, User):
-            try:
-                mailbox, cached = backends.mailboxes.exists(recipient_user, wanted.recipient)
-            except MailboxUnavailable as exc:
-                mailbox = Outage("cyrus", str(exc))
-    return Gathered(Facts(login_user, recipient_user, mailbox), cached)
+        user = _find(directory, wanted.recipient)
+        if isinstance(user, User):
+            mailbox, cached = _mailbox(backends.mailboxes, user, wanted.recipient)
+            facts = Facts(facts.login_user, user, mailbox, facts.sender_alias)
+        else:
+            alias = _alias(directory, wanted.recipient, rules) if user is NOT_FOUND else None
+            members: tuple[MemberCheck, ...] = ()
+            if isinstance(alias, Expansion) and alias.problem is None:
+                members = tuple(_member(backends, m) for m in alias.local)
+            facts = Facts(facts.login_user, user, None, facts.sender_alias, alias, members)
+    return Gathered(facts, cached)

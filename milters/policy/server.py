@@ -27,10 +27,11 @@ from milters.configkit import ConfigError
 from milters.jsonlog import EventLog
 from milters.metrics import PolicyMetrics
 from milters.metrics import serve as serve_metrics
+from milters.policy.aliases import MAX_DEPTH, Expansion
 from milters.policy.config import PolicyConfig, load_policy_config
 from milters.policy.decide import Decision, Facts, apply_rate, decide, plan, rate_key
 from milters.policy.directory import LdapDirectory
-from milters.policy.lookups import Backends, Gathered, gather
+from milters.policy.lookups import AliasRules, Backends, Gathered, gather
 from milters.policy.mailbox import MailboxChecker
 from milters.policy.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
 from milters.policy.ratelimit import RateLimiter
@@ -47,7 +48,8 @@ BackendsFactory = Callable[[PolicyConfig], Backends]
 
 
 def default_backends(config: PolicyConfig) -> Backends:
-    return Backends(LdapDirectory(config.ldap), MailboxChecker(config.mailbox))
+    directory = LdapDirectory(config.ldap, aliases=config.aliases)
+    return Backends(directory, MailboxChecker(config.mailbox))
 
 
 def verdict(action: str) -> str:
@@ -209,17 +211,21 @@ class PolicyServer:
         state = self._state
         config = state.config
         delimiter = config.recipient_delimiter
-        wanted = plan(request, config.local_domains, delimiter)
+        wanted = plan(request, config.local_domains, delimiter, config.senders)
         gathered = Gathered(Facts())
         detail: str | None = None
         try:
             if wanted.login is not None or wanted.recipient is not None:
                 loop = asyncio.get_running_loop()
-                job = functools.partial(gather, wanted, state.backends)
+                rules = AliasRules(
+                    config.local_domains,
+                    config.aliases.max_depth if config.aliases else MAX_DEPTH,
+                )
+                job = functools.partial(gather, wanted, state.backends, rules)
                 gathered = await asyncio.wait_for(
                     loop.run_in_executor(self._executor, job), config.decision_timeout
                 )
-            decision = decide(request, wanted, gathered.facts, delimiter)
+            decision = decide(request, wanted, gathered.facts)
             key = rate_key(request, config.rate_limits) if decision.passes else None
             if key is not None:
                 exceeded = self.limiter.hit(key[0], key[1], request.get("instance", ""))
@@ -234,6 +240,7 @@ class PolicyServer:
             queue_id=request.get("queue_id") or None,
             instance=request.get("instance") or None,
             protocol_state=request.get("protocol_state") or None,
+            policy_context=request.get("policy_context") or None,
             client_address=request.get("client_address") or None,
             client_name=request.get("client_name") or None,
             sender=request.get("sender"),
@@ -244,11 +251,26 @@ class PolicyServer:
             reason=decision.reason,
             detail=detail or ("; ".join(outages) if outages else None),
             mailbox_cached=gathered.mailbox_cached,
+            alias=alias_summary(gathered.facts),
             latency_ms=round((self._clock() - start) * 1000, 3),
         )
         if self.metrics is not None:
             self.metrics.observe(record)
         return decision.action
+
+
+def alias_summary(facts: Facts) -> dict[str, object] | None:
+    """For the log: where an alias recipient leads, and which members can take mail."""
+    alias = facts.recipient_alias
+    if not isinstance(alias, Expansion):
+        return None
+    if alias.problem is not None:
+        return {"problem": alias.problem}
+    return {
+        "deliverable": [m.address for m in facts.members if m.deliverable],
+        "not_deliverable": [m.address for m in facts.members if not m.deliverable],
+        "remote": list(alias.remote),
+    }
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -167,3 +167,36 @@ def test_shipped_example_is_valid(tmp_path: Path) -> None:
     path.write_text(example.read_text().replace("/etc/mailglue/ldap.secret", str(secret)))
     config = load_policy_config(path)
     assert config.ldap.address_attributes == ("mail", "mailAlternateAddress")
+
+
+def test_aliases_and_sender_rules_are_read() -> None:
+    config = parse_policy_config(
+        "p.yaml",
+        {
+            "policy": {"local_domains": ["example.org"]},
+            "ldap": {"base": "ou=people,dc=example,dc=org"},
+            "aliases": {"base": "ou=aliases,dc=example,dc=org", "max_depth": 3},
+            "senders": {"trusted_networks": ["10.1.0.0/16"], "local_requires_login": False},
+        },
+    )
+    assert config.aliases is not None and config.aliases.max_depth == 3
+    assert config.aliases.member_attribute == "rfc822MailMember"
+    assert not config.senders.local_requires_login
+    assert [str(n) for n in config.senders.trusted_networks] == ["10.1.0.0/16"]
+
+
+def test_alias_and_sender_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_policy_config(
+            "p.yaml",
+            {
+                "policy": {"local_domains": ["example.org"]},
+                "ldap": {"base": "ou=people,dc=example,dc=org"},
+                "aliases": {"filter": "objectClass=x"},
+                "senders": {"trusted_networks": ["not-a-net"]},
+            },
+        )
+    text = str(caught.value)
+    assert "key 'aliases.base'" in text
+    assert "key 'aliases.filter'" in text
+    assert "key 'senders.trusted_networks'" in text
