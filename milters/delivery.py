@@ -3,6 +3,9 @@
 The milter calls `Deliverer.deliver()` at end-of-message, while Postfix holds the SMTP
 session open; the per-recipient LMTP replies are folded (lmtp_bridge.fold) into the one reply
 the client gets. LMTP connections are pooled per backend and reused across transactions.
+
+With `delivery.ldap`, only recipients that are LDAP users go over LMTP: an alias has no
+mailbox of its own, so it stays in Postfix's queue, whose virtual_alias_maps expands it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from lmtp_bridge import (
 )
 from lmtp_bridge.routing import mail_host_backend
 from milters.config import DeliveryConfig
-from milters.policy.directory import LdapDirectory
+from milters.policy.decide import base_address
+from milters.policy.directory import DirectoryUnavailable, LdapDirectory
 
 MAX_IDLE_PER_BACKEND = 16
 
@@ -43,7 +47,7 @@ class Deliverer:
         self.lhlo_name = lhlo_name
         self.directory: LdapDirectory | None = None
         override = None
-        if config.route_attribute and config.ldap is not None:
+        if config.ldap is not None:
             self.directory = LdapDirectory(config.ldap, config.route_attribute)
             override = self._ldap_route
         self.router = Router(config.lmtp_backend, config.domain_backends, override)
@@ -61,14 +65,25 @@ class Deliverer:
         An LDAP outage raises, and the router makes that "no route": a tempfail, not a guess.
         """
         assert self.directory is not None
-        user = self.directory.find_by_address(recipient)
+        user = self.directory.find_by_address(self._base(recipient))
         if user is None or user.route is None:
             return None
         return mail_host_backend(user.route)
 
+    def _base(self, recipient: str) -> str:
+        return base_address(recipient, self.config.recipient_delimiter)
+
     def is_local(self, recipient: str) -> bool:
-        """Ours to deliver: the recipient's domain is one of `delivery.local_domains`."""
-        return domain_of(recipient) in self.config.local_domains
+        """Ours to deliver now: the recipient's domain is one of `delivery.local_domains` and,
+        when LDAP is configured, it is a user (an alias is left to Postfix's queue)."""
+        if domain_of(recipient) not in self.config.local_domains:
+            return False
+        if self.directory is None:
+            return True
+        try:
+            return self.directory.find_by_address(self._base(recipient)) is not None
+        except DirectoryUnavailable:
+            return True  # the routing lookup fails the same way: a tempfail, never a guess
 
     def _acquire(self, backend: BackendAddress) -> LmtpClient:
         with self._lock:

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -48,6 +49,7 @@ from milters.verdict import (
     SpamScore,
     Unscanned,
     Verdict,
+    for_our_user,
 )
 
 T = TypeVar("T")
@@ -219,6 +221,8 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
                 "tls": client.tls or None,
                 "sasl_user": client.auth_user or None,
             },
+            # outbound: one of our users, logged in (port 587, or 25 after AUTH)
+            "direction": "outbound" if client.auth_user else "inbound",
             "sender": self.sender,
             "recipients": [{"address": bare(r)} for r in self.recipients],
         }
@@ -272,6 +276,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         prefix = self.rendered + b"\r\n"
         report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
         verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
+        if client.auth_user:
+            applied = for_our_user(verdict.applied, report.spam, self.rt.policy)
+            verdict = replace(verdict, applied=applied)
         return verdict, report
 
     def _missing_message_id(self) -> list[tuple[str, str]]:

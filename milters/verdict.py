@@ -152,3 +152,25 @@ def decide(virus: VirusCheck, spam: SpamCheck, policy: VerdictPolicy) -> Verdict
         if level:
             headers.append(("X-Spam-Level", level))
     return Verdict(Action.ACCEPT, None, tuple(headers), "tagged" if flagged else "clean")
+
+
+def for_our_user(verdict: Verdict, spam: SpamCheck, policy: VerdictPolicy) -> Verdict:
+    """The same verdict, its refusal worded for one of our users sending out (after AUTH):
+    they read it in their mail client's error box, so it says that nothing was sent and why.
+    """
+    if verdict.action is not Action.REJECT or verdict.reply is None:
+        return verdict
+    reply = verdict.reply
+    if verdict.reason == "spam" and isinstance(spam, SpamScore):
+        top = sorted(spam.tests, key=lambda t: t[1], reverse=True)[:3]
+        why = ", ".join(name for name, _ in top) or "its content"
+        text = (
+            f"Not sent: our spam filter scored your message {format_score(spam.score)} "
+            f"(refused from {format_score(policy.reject_at)}), mostly for {why}; "
+            "change the text or ask postmaster"
+        )
+    elif verdict.reason == "virus":
+        text = f"Not sent: {reply.text[len('Message rejected: ') :]} in your message"
+    else:
+        return verdict
+    return Verdict(verdict.action, SmtpReply(reply.code, reply.enhanced, text), (), verdict.reason)

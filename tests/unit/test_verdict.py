@@ -15,6 +15,7 @@ from milters.verdict import (
     VerdictPolicy,
     VirusCheck,
     decide,
+    for_our_user,
     format_score,
     stars,
 )
@@ -179,3 +180,39 @@ def test_format_score(value: str, text: str) -> None:
 )
 def test_stars(value: str, expected: str) -> None:
     assert stars(Decimal(value)) == expected
+
+
+# --- refusals worded for our own users (outbound, after AUTH) -----------------------------------
+
+
+def test_outbound_spam_refusal_says_not_sent_and_why() -> None:
+    spam = SpamScore(
+        Decimal("7.5"),
+        (("A_SMALL", Decimal("0.5")), ("BIG_ONE", Decimal("5")), ("MIDDLE", Decimal("2"))),
+    )
+    verdict = decide(Clean(), spam, VerdictPolicy())
+    worded = for_our_user(verdict, spam, VerdictPolicy())
+    assert worded.action is Action.REJECT and worded.reason == "spam"
+    assert worded.reply is not None
+    assert (worded.reply.code, worded.reply.enhanced) == ("550", "5.7.1")
+    assert worded.reply.text == (
+        "Not sent: our spam filter scored your message 7.5 (refused from 5.0), "
+        "mostly for BIG_ONE, MIDDLE, A_SMALL; change the text or ask postmaster"
+    )
+
+
+def test_outbound_virus_refusal_names_the_virus() -> None:
+    spam = SpamScore(Decimal(0), ())
+    verdict = decide(Infected("Eicar-Test-Signature"), spam, VerdictPolicy())
+    worded = for_our_user(verdict, spam, VerdictPolicy())
+    assert worded.reply is not None and worded.reply.code == "554"
+    assert worded.reply.text == "Not sent: virus found (Eicar-Test-Signature) in your message"
+
+
+def test_outbound_accept_and_tempfail_are_unchanged() -> None:
+    clean = SpamScore(Decimal("3.5"), ())
+    accepted = decide(Clean(), clean, VerdictPolicy())
+    assert for_our_user(accepted, clean, VerdictPolicy()) is accepted
+    down = Unscanned("spamd", SkipCause.FAILED, "refused")
+    deferred = decide(Clean(), down, VerdictPolicy())
+    assert for_our_user(deferred, down, VerdictPolicy()) is deferred
