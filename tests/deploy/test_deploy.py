@@ -3,29 +3,26 @@ standard ports (25, 587, 993), as DESIGN.md's fourth testing layer describes.
 
 It installs daemons system-wide and runs them on the standard ports, so it only runs as root
 on Debian; set MAILGLUE_SKIP_DEPLOY=1 to skip it, MAILGLUE_DEPLOY_REUSE=1 to run only the
-black-box checks against what is already deployed. One module-scoped fixture deploys (twice,
-plus a --check --diff run); every test below then talks to the deployed stack.
+black-box checks against what is already deployed. One fixture (conftest.py) deploys for the
+whole package (twice, plus a --check --diff run); every test below then talks to the stack.
 """
 
 from __future__ import annotations
 
 import base64
 import imaplib
-import importlib.util
-import json
 import os
 import re
 import smtplib
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.deploy.stack import EICAR, smoke, user
 
 pytestmark = [
     pytest.mark.deploy,
@@ -38,140 +35,6 @@ pytestmark = [
         os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
     ),
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = ROOT / "ansible"
-VENV = ROOT / ".venv-ansible"
-PINS = ["ansible-core==2.19.14", "ansible-lint==26.10.1", "yamllint==1.38.0"]
-INVENTORY = "inventories/single"
-EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-
-def load_smoke() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mailglue_smoke", ROOT / "scripts/smoke.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-smoke = load_smoke()
-
-
-def ensure_ansible() -> Path:
-    playbook = VENV / "bin/ansible-playbook"
-    if not playbook.exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(VENV / "bin/pip"), "install", "--quiet", "--disable-pip-version-check", *PINS],
-            check=True,
-        )
-    return playbook
-
-
-def run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    proc = subprocess.run(
-        [str(ensure_ansible()), "-i", INVENTORY, "site.yml", *extra],
-        cwd=ANSIBLE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    sys.stdout.write(proc.stdout[-4000:])
-    return proc
-
-
-def recap(output: str) -> dict[str, int]:
-    match = re.search(r"^localhost\s+:\s+(.*)$", output, re.MULTILINE)
-    assert match, f"no PLAY RECAP in output:\n{output[-3000:]}"
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
-def changed_tasks(output: str) -> list[str]:
-    """Names of the tasks that reported a change (for a readable failure)."""
-    names, current = [], ""
-    for line in output.splitlines():
-        if line.startswith(("TASK [", "RUNNING HANDLER [")):
-            current = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed:"):
-            names.append(f"{current}: {line}")
-    return names
-
-
-def inventory_vars() -> dict[str, Any]:
-    proc = subprocess.run(
-        [str(VENV / "bin/ansible-inventory"), "-i", INVENTORY, "--host", "localhost"],
-        cwd=ANSIBLE_DIR,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
-
-
-def secrets(variables: dict[str, Any]) -> list[str]:
-    found = [
-        str(variables[k])
-        for k in ("ldap_root_password", "mail_ldap_service_password", "mail_admin_password")
-        if variables.get(k)
-    ]
-    found += [u["password"] for u in variables.get("ldap_users", [])]
-    return found
-
-
-@pytest.fixture(scope="module")
-def deployed() -> Iterator[dict[str, Any]]:
-    if os.environ.get("MAILGLUE_DEPLOY_REUSE") == "1":
-        # Iterating on the checks below: skip the playbook runs, use what is deployed.
-        ensure_ansible()
-        yield checked_stack(inventory_vars())
-        return
-    try:
-        yield deploy_and_check()
-    finally:
-        # Leave the machine as we found it: the deployed daemons (rsyslogd on /dev/log among
-        # them) must not run on under the rest of the suite. `make up` starts them again.
-        subprocess.run(["bash", str(ROOT / "scripts" / "down.sh")], check=False, timeout=120)
-
-
-def deploy_and_check() -> dict[str, Any]:
-    first = run_playbook()
-    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-2000:]
-
-    second = run_playbook()
-    assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-2000:]
-    assert recap(second.stdout)["changed"] == 0, "second run changed:\n" + "\n".join(
-        changed_tasks(second.stdout)
-    )
-
-    check = run_playbook("--check", "--diff")
-    assert check.returncode == 0, check.stdout[-6000:] + check.stderr[-2000:]
-    assert recap(check.stdout)["changed"] == 0, "--check --diff would change:\n" + "\n".join(
-        changed_tasks(check.stdout)
-    )
-    variables = inventory_vars()
-    output = first.stdout + second.stdout + check.stdout + check.stderr
-    leaked = [s for s in secrets(variables) if s in output]
-    assert not leaked, f"{len(leaked)} secret(s) printed by the playbook runs"
-
-    return checked_stack(variables)
-
-
-def checked_stack(variables: dict[str, Any]) -> dict[str, Any]:
-    users = variables["ldap_users"]
-    # Cyrus creates a mailbox at the user's first login; log every test user in once.
-    for user in users:
-        with smoke.imap_login(user["uid"], user["password"]):
-            pass
-    return {"users": users, "vars": variables}
-
-
-def user(deployed: dict[str, Any], index: int) -> dict[str, str]:
-    u: dict[str, str] = deployed["users"][index]
-    return u
 
 
 def test_clean_mail_is_delivered_and_read_over_imaps(deployed: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +50,14 @@ def _reply(code: int, msg: bytes | str) -> Reply:
     return Reply(code, text.replace("\n", " "))
 
 
+def tls_context() -> ssl.SSLContext:
+    """For test servers' self-signed certificates: encrypt, do not verify."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def send(
     address: tuple[str, int],
     sender: str,
@@ -56,12 +65,29 @@ def send(
     message: bytes,
     helo: str = "client.relay.test",
     timeout: float = 120,
+    *,
+    login: tuple[str, str] | None = None,
+    starttls: bool = False,
+    source: str | None = None,
 ) -> Transaction:
-    """One SMTP transaction; the message goes verbatim (smtplib only dot-stuffs bytes)."""
-    with smtplib.SMTP(timeout=timeout) as smtp:
+    """One SMTP transaction; the message goes verbatim (smtplib only dot-stuffs bytes).
+
+    `login` implies STARTTLS first, as a mail client does; `source` picks the client's own
+    loopback address (each address is a different client to Postfix's anvil).
+    """
+    with smtplib.SMTP(timeout=timeout, source_address=(source, 0) if source else None) as smtp:
         smtp.connect(*address)
         smtp.ehlo(helo)
         tx = Transaction(Reply(NO_REPLY, "MAIL not sent"))
+        if starttls or login is not None:
+            smtp.starttls(context=tls_context())
+            smtp.ehlo(helo)
+        if login is not None:
+            try:
+                smtp.login(*login)
+            except smtplib.SMTPAuthenticationError as exc:
+                tx.mail = Reply(NO_REPLY, f"AUTH refused: {exc.smtp_code} {exc.smtp_error!r}")
+                return tx
         try:
             tx.mail = _reply(*smtp.mail(sender))
             if tx.mail.code // 100 != 2:

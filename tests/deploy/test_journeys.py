@@ -1,0 +1,525 @@
+"""Users' journeys on the deployed stack (`make up`'s single-host inventory, standard ports).
+
+Each journey does what a member's mail client or an outside MTA does, from the first SMTP
+command, and ends where the person would look: the recipient's folder over IMAPS, or the
+"outside world" — a stand-in MX on loopback (Postfix's own smtp-sink), which the inventory's
+`mail_relayhost` points at. Reply codes are checked too, but never alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.stack import EICAR, NEVER_LOGS_IN, smoke
+from tests.harness.smtp import Transaction, send, tls_context
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
+        reason="deploys system daemons: needs root on Debian",
+    ),
+    pytest.mark.skipif(
+        os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
+    ),
+]
+
+MX = ("127.0.0.1", 25)
+SUBMISSION = ("127.0.0.1", 587)
+OUTSIDE = "friend@example.net"
+GTUBE = smoke.GTUBE
+
+
+# --- the outside world: a stand-in MX ------------------------------------------------------
+
+
+class RemoteMx:
+    """Postfix's smtp-sink on the relay host address; one file per received transaction."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def find(self, token: str, timeout: float = 60.0) -> bytes | None:
+        """The first received transaction containing `token`, waiting for Postfix's queue."""
+        deadline = time.monotonic() + timeout
+        flushed = False
+        while True:
+            for path in sorted(self.directory.rglob("*")):
+                if path.is_file():
+                    data = path.read_bytes()
+                    if token.encode() in data:
+                        return data
+            if time.monotonic() >= deadline:
+                return None
+            if not flushed and time.monotonic() > deadline - timeout / 2:
+                subprocess.run(["postqueue", "-f"], check=False)  # retry deferred mail now
+                flushed = True
+            time.sleep(0.5)
+
+
+def _relay_address(variables: dict[str, Any]) -> tuple[str, int]:
+    match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", str(variables.get("mail_relayhost", "")))
+    assert match, "the single inventory's mail_relayhost must be [127.0.0.1]:PORT"
+    return match.group(1), int(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def remote_mx(deployed: dict[str, Any]) -> Iterator[RemoteMx]:
+    host, port = _relay_address(deployed["vars"])
+    directory = Path(tempfile.mkdtemp(prefix="remote-mx-"))
+    directory.chmod(0o777)  # smtp-sink drops to nobody
+    sink = subprocess.Popen(
+        [
+            "/usr/sbin/smtp-sink",
+            "-u",
+            "nobody",
+            "-d",
+            f"{directory}/%H%M%S.",
+            f"{host}:{port}",
+            "64",
+        ]
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            break
+        except OSError:
+            assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
+            time.sleep(0.1)
+    subprocess.run(["postqueue", "-f"], check=False)
+    try:
+        yield RemoteMx(directory)
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- people and their mail clients -----------------------------------------------------------
+
+
+def person(deployed: dict[str, Any], uid: str) -> dict[str, str]:
+    found: dict[str, str] = next(u for u in deployed["users"] if u["uid"] == uid)
+    return found
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def message(sender: str, recipients: list[str], subject: str, body: str = "hello\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=True)
+    # the subject's last word (the test's token) in the Message-ID finds the milter's event
+    msg["Message-ID"] = make_msgid(idstring=subject.split()[-1], domain="journey.test")
+    msg.set_content(body)
+    return msg.as_bytes(policy=SMTP)
+
+
+def submit(
+    who: dict[str, str],
+    recipients: list[str],
+    subject: str,
+    body: str = "hello\n",
+    *,
+    sender: str | None = None,
+    port: int = 587,
+) -> Transaction:
+    """What a mail client does: STARTTLS, AUTH as the member, send."""
+    mail_from = who["mail"] if sender is None else sender
+    return send(
+        ("127.0.0.1", port),
+        mail_from,
+        recipients,
+        message(mail_from or who["mail"], recipients, subject, body),
+        helo="laptop.journey.test",
+        login=(who["uid"], who["password"]),
+    )
+
+
+def from_outside(
+    sender: str, recipients: list[str], subject: str, body: str = "hi\n"
+) -> Transaction:
+    """What another domain's MTA does on port 25 (STARTTLS, no AUTH)."""
+    return send(MX, sender, recipients, message(sender, recipients, subject, body), starttls=True)
+
+
+def in_folder(
+    who: dict[str, str], subject: str, folder: str = "INBOX", timeout: float = 60
+) -> bytes | None:
+    found: bytes | None = smoke.find_subject(
+        who["uid"], who["password"], subject, timeout=timeout, mailbox=folder
+    )
+    return found
+
+
+def assert_delivered(tx: Transaction) -> None:
+    assert tx.data is not None and tx.data.code == 250, tx
+
+
+# --- sending: submission, relay, replies --------------------------------------------------------
+
+
+def test_member_sends_to_a_colleague_on_587(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    subject = f"lunch? {token()}"
+    tx = submit(alice, [bob["mail"]], subject)
+    assert_delivered(tx)
+    headers = in_folder(bob, subject)
+    assert headers is not None, "not in bob's INBOX"
+    assert b"X-Spam-Status: No" in headers
+
+
+def test_member_sends_to_the_outside_on_587(deployed: dict[str, Any], remote_mx: RemoteMx) -> None:
+    alice = person(deployed, "alice")
+    mark = token()
+    assert_delivered(submit(alice, [OUTSIDE], f"to a friend {mark}"))
+    received = remote_mx.find(mark)
+    assert received is not None, "never reached the remote MX"
+    assert b"X-Mail-Args: <alice@example.org>" in received
+    assert f"X-Rcpt-Args: <{OUTSIDE}>".encode() in received
+
+
+def test_member_sends_to_a_colleague_and_the_outside(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    assert_delivered(submit(alice, [bob["mail"], OUTSIDE], f"both {mark}"))
+    assert in_folder(bob, f"both {mark}") is not None
+    received = remote_mx.find(mark)
+    assert received is not None
+    assert b"X-Rcpt-Args: <bob@example.org>" not in received  # bob's copy went to Cyrus only
+
+
+def test_a_reply_comes_back(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    assert_delivered(submit(alice, [bob["mail"]], f"question {mark}"))
+    assert in_folder(bob, f"question {mark}") is not None
+    assert_delivered(submit(bob, [alice["mail"]], f"Re: question {mark}"))
+    assert in_folder(alice, f"Re: question {mark}") is not None
+
+
+def test_authenticated_relay_on_port_25(deployed: dict[str, Any], remote_mx: RemoteMx) -> None:
+    """The reference page: TLS on port 25 lets members authenticate and relay."""
+    bob = person(deployed, "bob")
+    mark = token()
+    assert_delivered(submit(bob, [OUTSIDE], f"via 25 {mark}", port=25))
+    assert remote_mx.find(mark) is not None
+
+
+def test_plus_address_reaches_the_inbox(deployed: dict[str, Any]) -> None:
+    bob = person(deployed, "bob")
+    subject = f"newsletter {token()}"
+    assert_delivered(from_outside("news@example.net", ["bob+news@example.org"], subject))
+    assert in_folder(bob, subject) is not None
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+def test_postmaster_reaches_its_member(deployed: dict[str, Any]) -> None:
+    alice = person(deployed, "alice")
+    subject = f"abuse report {token()}"
+    assert_delivered(from_outside("abuse@example.net", ["postmaster@example.org"], subject))
+    assert in_folder(alice, subject) is not None
+
+
+def test_alias_with_local_and_outside_members(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    assert_delivered(from_outside("client@example.net", ["team@example.org"], f"team {mark}"))
+    assert in_folder(alice, f"team {mark}") is not None
+    assert in_folder(bob, f"team {mark}") is not None
+    received = remote_mx.find(mark)
+    assert received is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in received
+
+
+def test_alias_and_user_in_one_message(deployed: dict[str, Any]) -> None:
+    """A user is delivered inside the session, the alias through Postfix's queue: both arrive."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    subject = f"mixed {token()}"
+    assert_delivered(
+        from_outside("client@example.net", ["postmaster@example.org", bob["mail"]], subject)
+    )
+    assert in_folder(alice, subject) is not None
+    assert in_folder(bob, subject) is not None
+
+
+# --- refused at RCPT, with one clear text ---------------------------------------------------------
+
+
+def test_unknown_user_is_refused_with_one_prefix(deployed: dict[str, Any]) -> None:
+    nobody = f"nobody-{token()}@example.org"
+    tx = from_outside("someone@example.net", [nobody], "x")
+    reply = tx.rcpt[nobody]
+    assert (reply.code, reply.enhanced) == (550, "5.1.1"), reply
+    assert reply.text.count("Recipient address rejected") == 1, reply
+    assert tx.data is None  # nothing was sent
+
+
+def test_never_logged_in_is_refused(deployed: dict[str, Any]) -> None:
+    dave = person(deployed, NEVER_LOGS_IN)
+    tx = from_outside("someone@example.net", [dave["mail"]], "x")
+    reply = tx.rcpt[dave["mail"]]
+    assert reply.code == 550 and "never logged in" in reply.text, reply
+
+
+# --- senders: forged, spoofed, null -------------------------------------------------------------
+
+
+def test_member_cannot_send_as_a_colleague(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    subject = f"forged {token()}"
+    tx = submit(bob, [alice["mail"]], subject, sender=alice["mail"])
+    reply = tx.rcpt[alice["mail"]]
+    assert (reply.code, reply.enhanced) == (553, "5.7.1"), reply
+    assert "Sender address rejected" in reply.text and "not owned by user bob" in reply.text
+    assert in_folder(alice, subject, timeout=3) is None
+
+
+def test_member_may_send_as_an_alias_of_theirs(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice = person(deployed, "alice")
+    mark = token()
+    assert_delivered(
+        submit(alice, [OUTSIDE], f"from postmaster {mark}", sender="postmaster@example.org")
+    )
+    received = remote_mx.find(mark)
+    assert received is not None and b"X-Mail-Args: <postmaster@example.org>" in received
+
+
+def test_null_sender_after_login_is_refused(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    tx = submit(alice, [bob["mail"]], "bounce?", sender="")
+    reply = tx.rcpt[bob["mail"]]
+    assert (reply.code, reply.enhanced) == (553, "5.7.1"), reply
+    assert "null sender" in reply.text
+
+
+def test_outsider_cannot_use_our_domain_on_25(deployed: dict[str, Any]) -> None:
+    bob = person(deployed, "bob")
+    subject = f"ceo fraud {token()}"
+    tx = from_outside("ceo@example.org", [bob["mail"]], subject)
+    reply = tx.rcpt[bob["mail"]]
+    assert (reply.code, reply.enhanced) == (553, "5.7.1"), reply
+    assert "log in" in reply.text
+    assert in_folder(bob, subject, timeout=3) is None
+
+
+def test_relay_without_login_is_refused(deployed: dict[str, Any], remote_mx: RemoteMx) -> None:
+    mark = token()
+    tx = from_outside("spammer@example.net", [OUTSIDE], f"relay {mark}")
+    assert tx.rcpt[OUTSIDE].code == 554 and "Relay access denied" in tx.rcpt[OUTSIDE].text
+    assert remote_mx.find(mark, timeout=3) is None
+
+
+# --- outgoing mail is scanned too ---------------------------------------------------------------
+
+
+def test_outbound_virus_is_refused_and_not_sent(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice = person(deployed, "alice")
+    mark = token()
+    tx = submit(alice, [OUTSIDE], f"invoice {mark}", f"{EICAR}\n")
+    assert tx.data is not None and tx.data.code == 554, tx
+    assert tx.data.text.startswith("5.7.1 Not sent: virus found"), tx.data
+    assert remote_mx.find(mark, timeout=5) is None
+
+
+def test_outbound_spam_is_refused_with_the_reason(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice = person(deployed, "alice")
+    mark = token()
+    tx = submit(alice, [OUTSIDE], f"offer {mark}", f"{GTUBE}\n")
+    assert tx.data is not None and tx.data.code == 550, tx
+    assert "Not sent: our spam filter scored your message 1000" in tx.data.text
+    assert "GTUBE" in tx.data.text
+    assert remote_mx.find(mark, timeout=5) is None
+
+
+def test_the_event_log_marks_the_direction(deployed: dict[str, Any], remote_mx: RemoteMx) -> None:
+    alice = person(deployed, "alice")
+    mark = token()
+    assert_delivered(submit(alice, [OUTSIDE], f"direction {mark}"))
+    assert_delivered(from_outside("x@example.net", [alice["mail"]], f"direction in {mark}"))
+    events = milter_events(mark)
+    directions = {e["direction"] for e in events}
+    assert directions == {"inbound", "outbound"}, events
+
+
+def milter_events(mark: str) -> list[dict[str, Any]]:
+    """The milter's transaction events of the messages whose Message-ID carries `mark`."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        log = Path("/var/log/mailglue/milter.log").read_text(encoding="utf-8", errors="replace")
+        events = [
+            e
+            for e in (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+            if e.get("event") == "transaction" and mark in str(e.get("message_id"))
+        ]
+        if len(events) >= 2:
+            break
+        time.sleep(0.5)
+    return events
+
+
+# --- SMTP smuggling ------------------------------------------------------------------------------
+
+SMUGGLING_ENDINGS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r"]
+
+
+def _smuggle(port: int, ending: bytes, mark: str, login: tuple[str, str] | None) -> bytes:
+    """One raw session: a message whose body ends with a non-standard end-of-data followed by
+    a second, smuggled transaction, then the real end. Returns everything the server said.
+
+    The smuggled sender is one the server would otherwise accept (an outside domain on 25, the
+    logged-in member's own address on 587), so only the end-of-data handling can stop it."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock: socket.socket | ssl.SSLSocket = raw
+    said = b""
+
+    def command(line: bytes) -> bytes:
+        nonlocal said
+        sock.sendall(line + b"\r\n")
+        reply = b""
+        while not re.search(rb"(^|\r\n)\d{3} [^\r\n]*\r\n$", reply):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        said += reply
+        return reply
+
+    said += sock.recv(4096)  # banner
+    command(b"EHLO smuggler.test")
+    command(b"STARTTLS")
+    sock = tls_context().wrap_socket(raw)
+    command(b"EHLO smuggler.test")
+    sender, smuggled, victim = b"outer@example.net", b"boss@partner.example", b"bob@example.org"
+    if login is not None:
+        command(b"AUTH PLAIN " + base64.b64encode(f"\0{login[0]}\0{login[1]}".encode()))
+        sender = smuggled = f"{login[0]}@example.org".encode()
+    command(b"MAIL FROM:<" + sender + b">")
+    command(b"RCPT TO:<" + victim + b">")
+    if not command(b"DATA").startswith(b"354"):
+        return said
+    payload = (
+        f"From: <{sender.decode()}>\r\nSubject: outer {mark}\r\n\r\nhello\r\n".encode()
+        + ending
+        + b"MAIL FROM:<"
+        + smuggled
+        + b">\r\nRCPT TO:<"
+        + victim
+        + b">\r\nDATA\r\n"
+        + f"Subject: smuggled {mark}\r\n\r\nwire the money\r\n".encode()
+    )
+    said += command(payload + b"\r\n.")
+    with contextlib.suppress(OSError):
+        said += command(b"QUIT")
+    sock.close()
+    return said
+
+
+@pytest.mark.parametrize("port", [25, 587])
+@pytest.mark.parametrize("ending", SMUGGLING_ENDINGS, ids=lambda e: e.hex())
+def test_smuggled_message_is_never_delivered(
+    deployed: dict[str, Any], port: int, ending: bytes
+) -> None:
+    bob = person(deployed, "bob")
+    login = (bob["uid"], bob["password"]) if port == 587 else None
+    mark = token()
+    said = _smuggle(port, ending, mark, login)
+    # Every attempt ends in a definite reply: the outer message accepted whole, or refused.
+    assert re.search(rb"\r\n(250|5\d\d) ", said), said
+    outer = in_folder(bob, f"outer {mark}", timeout=10)
+    assert in_folder(bob, f"smuggled {mark}", timeout=2) is None, said
+    if outer is None:
+        assert re.search(rb"\r\n5\d\d ", said), said  # refused, not lost silently
+
+
+# --- folders a mail client finds ------------------------------------------------------------------
+
+
+def test_special_use_folders_exist_for_a_new_mailbox(deployed: dict[str, Any]) -> None:
+    alice = person(deployed, "alice")
+    with smoke.imap_login(alice["uid"], alice["password"]) as imap:
+        status, lines = imap.list()
+    assert status == "OK"
+    found = {}
+    for line in lines:
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        match = re.match(r"\(([^)]*)\) \"[./]\" \"?([^\"]+)\"?", text)
+        if match:
+            found[match.group(2)] = match.group(1).lower()
+    for folder, flag in [
+        ("Sent", "\\sent"),
+        ("Drafts", "\\drafts"),
+        ("Trash", "\\trash"),
+        ("Junk", "\\junk"),
+    ]:
+        assert flag in found.get(f"INBOX.{folder}", ""), found
+
+
+# --- password guessing ----------------------------------------------------------------------------
+
+
+def test_password_guessing_is_throttled_and_others_unaffected(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    wrong = base64.b64encode(f"\0{alice['uid']}\0guess".encode()).decode()
+    codes = []
+    for _ in range(15):  # a guesser on its own address
+        with smtplib.SMTP(timeout=30, source_address=("127.0.0.77", 0)) as smtp:
+            smtp.connect(*SUBMISSION)
+            smtp.ehlo("guesser.test")
+            smtp.starttls(context=tls_context())
+            smtp.ehlo("guesser.test")
+            code, text = smtp.docmd("AUTH", f"PLAIN {wrong}")
+            codes.append((code, text))
+            if code == 450:
+                break
+    assert codes[-1][0] == 450 and b"too many AUTH" in codes[-1][1], codes
+    # a member elsewhere still logs in and sends
+    subject = f"still works {token()}"
+    tx = send(
+        SUBMISSION,
+        bob["mail"],
+        [alice["mail"]],
+        message(bob["mail"], [alice["mail"]], subject),
+        login=(bob["uid"], bob["password"]),
+        source="127.0.0.78",
+    )
+    assert_delivered(tx)
+    assert in_folder(alice, subject) is not None
