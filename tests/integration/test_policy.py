@@ -190,7 +190,8 @@ def mx(
     sasl = _sasl_dir(root)
     make_traversable(sasl)
     check = (
-        f"check_policy_service {{ {policy.service}, timeout=10s, default_action=DEFER_IF_PERMIT }}"
+        f"check_policy_service {{ {policy.service}, timeout=10s, default_action=DEFER_IF_PERMIT, "
+        "policy_context="
     )
     pf = Postfix(
         root / "postfix",
@@ -200,7 +201,10 @@ def mx(
         {
             # 127.0.0.1 is in the harness's mynetworks; relaying is for SASL users only here.
             "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
-            "smtpd_recipient_restrictions": f"reject_unauth_destination, {check}",
+            "smtpd_sender_restrictions": f"reject_non_fqdn_sender, {check}sender }}, permit",
+            "smtpd_recipient_restrictions": (
+                f"reject_non_fqdn_recipient, reject_unauth_destination, {check}recipient }}, permit"
+            ),
             "smtpd_sasl_auth_enable": "yes",
             "smtpd_sasl_type": "cyrus",
             "smtpd_sasl_path": "smtpd",

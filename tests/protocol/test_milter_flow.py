@@ -90,12 +90,14 @@ class StubScanner:
 
 
 def run(
-    make_report: Callable[[], ScanReport], **config: Any
+    make_report: Callable[[], ScanReport], login: str | None = None, **config: Any
 ) -> tuple[RecordingCtx, int, list[dict[str, Any]], StubScanner]:
     out = io.StringIO()
     scanner = StubScanner(make_report)
     service = MilterService(parse_config("test.yaml", config), scanner, EventLog(stream=out))  # type: ignore[arg-type]
     ctx = RecordingCtx()
+    if login is not None:
+        ctx._setsymval("{auth_authen}", login)  # Postfix's macro after SMTP AUTH
     Milter.factory = lambda: ScanMilter(service)
     assert ctx._connect(host="client.example", helo="helo.example", ip="192.0.2.7") == (
         Milter.CONTINUE
@@ -150,6 +152,22 @@ def test_spam_is_rejected_with_the_score() -> None:
     assert ctx._reply == ("550", "5.7.1", "Message rejected as spam (score 1000.0)")
     assert ctx.added == [] and ctx.changes == []
     assert events[-1]["reply"] == "550 5.7.1 Message rejected as spam (score 1000.0)"
+
+
+def test_inbound_and_outbound_are_told_apart() -> None:
+    _, _, inbound, _ = run(clean_report)
+    _, _, outbound, _ = run(clean_report, login="bob")
+    assert inbound[-1]["direction"] == "inbound"
+    assert outbound[-1]["direction"] == "outbound"
+    assert outbound[-1]["client"]["sasl_user"] == "bob"
+
+
+def test_outbound_spam_refusal_tells_the_member_why() -> None:
+    ctx, result, events, _ = run(lambda: clean_report("1000"), login="bob")
+    assert result == Milter.REJECT
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert ctx._reply[2].startswith("Not sent: our spam filter scored your message 1000.0")
+    assert events[-1]["reply"].startswith("550 5.7.1 Not sent:")
 
 
 def test_virus_reply_escapes_percent_for_libmilter() -> None:
