@@ -18,9 +18,12 @@ from milters.policy.config import RateLimitConfig, RateLimits, SenderRules
 from milters.policy.ratelimit import RateExceeded
 
 __all__ = [
+    "FULL",
     "NOT_FOUND",
     "Decision",
     "Facts",
+    "Full",
+    "MailboxState",
     "MemberCheck",
     "NotFound",
     "Outage",
@@ -54,6 +57,14 @@ NOT_FOUND = NotFound()
 
 
 @dataclass(frozen=True)
+class Full:
+    """The mailbox exists and is over its quota."""
+
+
+FULL = Full()
+
+
+@dataclass(frozen=True)
 class Outage:
     """A backend could not answer (down, slow, confused); `detail` goes to the log only."""
 
@@ -62,6 +73,7 @@ class Outage:
 
 
 UserLookup = User | NotFound | Outage
+MailboxState = bool | Full | Outage  # exists? (True/False), over quota, or unknown
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ class MemberCheck:
 
     address: str
     user: UserLookup
-    mailbox: bool | Outage | None = None  # None: not asked (no such user, or LDAP down)
+    mailbox: MailboxState | None = None  # None: not asked (no such user, or LDAP down)
 
     @property
     def deliverable(self) -> bool:
@@ -102,7 +114,7 @@ AliasLookup = Expansion | Outage | None  # None: not an alias (or not asked)
 class Facts:
     login_user: UserLookup | None = None
     recipient_user: UserLookup | None = None
-    mailbox: bool | Outage | None = None  # does recipient_user's Cyrus mailbox exist?
+    mailbox: MailboxState | None = None  # does recipient_user's Cyrus mailbox exist?
     sender_alias: AliasLookup = None  # the sender as an alias, when the login owns it not
     recipient_alias: AliasLookup = None  # the recipient as an alias, when it is no user
     members: tuple[MemberCheck, ...] = ()  # recipient_alias's local members, checked
@@ -196,6 +208,8 @@ NULL_SENDER = "553 5.7.1 a null sender (MAIL FROM:<>) is not accepted from a log
 LOCAL_SENDER = "553 5.7.1 this is an address of ours: log in (submission, port 587) to send as it"
 NO_SUCH_USER = "550 5.1.1 no such user"
 NO_MAILBOX = "550 5.1.1 mailbox not yet created (the user has never logged in)"
+# 452, not 552: the user can make room, and the sender's server keeps trying meanwhile.
+OVER_QUOTA = "452 4.2.2 mailbox full, try again later"
 ALIAS_BROKEN = "550 5.4.6 alias misconfigured ({problem}); postmaster has been told in the log"
 ALIAS_EMPTY = "550 5.1.1 alias has no member who can receive mail"
 
@@ -242,6 +256,8 @@ def _alias_decision(alias: Expansion, members: tuple[MemberCheck, ...]) -> Decis
     outage = next((o for m in members if (o := m.outage) is not None), None)
     if outage is not None:
         return _defer("recipient address", outage)
+    if any(isinstance(m.mailbox, Full) for m in members):
+        return Decision(OVER_QUOTA, "over_quota")
     return Decision(ALIAS_EMPTY, "alias_without_deliverable_member")
 
 
@@ -268,6 +284,8 @@ def decide(request: Mapping[str, str], wanted: Plan, facts: Facts) -> Decision:
     assert mailbox is not None, "a found user's mailbox must be checked"
     if isinstance(mailbox, Outage):
         return _defer("recipient address", mailbox)
+    if isinstance(mailbox, Full):
+        return Decision(OVER_QUOTA, "over_quota")
     if not mailbox:
         return Decision(NO_MAILBOX, "no_mailbox")
     return Decision(DUNNO, "recipient_ok")

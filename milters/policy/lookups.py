@@ -12,9 +12,11 @@ from typing import Protocol
 
 from milters.policy.aliases import MAX_DEPTH, Expansion, expand
 from milters.policy.decide import (
+    FULL,
     NOT_FOUND,
     AliasLookup,
     Facts,
+    MailboxState,
     MemberCheck,
     Outage,
     Plan,
@@ -22,7 +24,7 @@ from milters.policy.decide import (
     UserLookup,
 )
 from milters.policy.directory import DirectoryUnavailable
-from milters.policy.mailbox import MailboxUnavailable
+from milters.policy.mailbox import MailboxFull, MailboxUnavailable
 
 __all__ = ["AliasRules", "Backends", "Directory", "Gathered", "Mailboxes", "gather"]
 
@@ -81,9 +83,11 @@ def _find(directory: Directory, address: str) -> UserLookup:
         return Outage("ldap", str(exc))
 
 
-def _mailbox(mailboxes: Mailboxes, user: User, address: str) -> tuple[bool | Outage, bool]:
+def _mailbox(mailboxes: Mailboxes, user: User, address: str) -> tuple[MailboxState, bool]:
     try:
         return mailboxes.exists(user, address)
+    except MailboxFull:
+        return FULL, False
     except MailboxUnavailable as exc:
         return Outage("cyrus", str(exc)), False
 

@@ -26,11 +26,22 @@ from milters.backend import Address
 from milters.policy.config import MailboxConfig
 from milters.policy.decide import User
 
-__all__ = ["LmtpProbe", "MailboxCache", "MailboxChecker", "MailboxUnavailable", "probe_recipient"]
+__all__ = [
+    "LmtpProbe",
+    "MailboxCache",
+    "MailboxChecker",
+    "MailboxFull",
+    "MailboxUnavailable",
+    "probe_recipient",
+]
 
 
 class MailboxUnavailable(Exception):
     """Cyrus could not say whether the mailbox exists (down, slow, 4xx, protocol error)."""
+
+
+class MailboxFull(Exception):
+    """The mailbox exists and is over its quota (Cyrus: `452 4.2.2 Over quota`)."""
 
 
 def probe_recipient(template: str, user: User, address: str) -> str:
@@ -75,6 +86,8 @@ class LmtpProbe:
             return True
         if reply.code == 550 or reply.enhanced == "5.1.1":
             return False
+        if reply.enhanced in ("4.2.2", "5.2.2"):
+            raise MailboxFull(str(reply))
         raise MailboxUnavailable(f"{self.address}: RCPT TO:<{recipient}> answered {reply}")
 
     def close(self) -> None:
@@ -145,7 +158,8 @@ class MailboxChecker:
         self._lock = threading.Lock()
 
     def exists(self, user: User, address: str) -> tuple[bool, bool]:
-        """(exists, answered from cache). Raises MailboxUnavailable."""
+        """(exists, answered from cache). Raises MailboxUnavailable, or MailboxFull (never
+        cached: the user may make room at any moment)."""
         key = probe_recipient(self.config.probe_recipient, user, address).lower()
         with self._lock:
             cached = self._cache.get(key)

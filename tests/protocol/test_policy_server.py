@@ -30,18 +30,22 @@ from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, par
 from milters.policy.decide import User
 from milters.policy.directory import DirectoryUnavailable
 from milters.policy.lookups import Backends
+from milters.policy.mailbox import MailboxFull
 from milters.policy.server import PolicyServer
 
 USERS = {
     "alice": User("alice", ("alice@example.org", "alice.liddell@example.org")),
     "bob": User("bob", ("bob@example.org",)),
     "carol": User("carol", ("carol@example.org",)),
+    "frank": User("frank", ("frank@example.org",)),
 }
 MAILBOXES = {"alice", "bob"}  # carol has never logged in
+FULL_MAILBOXES = {"frank"}  # over quota
 ALIASES = {
     "postmaster@example.org": ("alice@example.org",),
     "team@example.org": ("alice@example.org", "carol@example.org", "friend@elsewhere.test"),
     "nobody-home@example.org": ("carol@example.org", "ghost@example.org"),
+    "full-house@example.org": ("frank@example.org", "carol@example.org"),
     "ring@example.org": ("ring2@example.org",),
     "ring2@example.org": ("ring@example.org",),
 }
@@ -76,6 +80,8 @@ class FakeDirectory:
 
 class FakeMailboxes:
     def exists(self, user: User, address: str) -> tuple[bool, bool]:
+        if user.uid in FULL_MAILBOXES:
+            raise MailboxFull("452 4.2.2 Over quota")
         return user.uid in MAILBOXES, False
 
     def close(self) -> None:
@@ -184,6 +190,8 @@ CASES = [
         "553 5.7.1 not owned by user alice: log in as its owner to send as it",
     ),
     ({"sasl_username": "alice", "sender": "alice@example.org"}, "DUNNO"),
+    ({"recipient": "frank@example.org"}, "452 4.2.2 mailbox full, try again later"),
+    ({"recipient": "full-house@example.org"}, "452 4.2.2 mailbox full, try again later"),
     # aliases: postmaster must always be accepted; some members suffice; none do not
     ({"recipient": "postmaster@example.org"}, "DUNNO"),
     ({"recipient": "Postmaster+x@example.org"}, "DUNNO"),
