@@ -162,7 +162,7 @@ def for_our_user(verdict: Verdict, spam: SpamCheck, policy: VerdictPolicy) -> Ve
         return verdict
     reply = verdict.reply
     if verdict.reason == "spam" and isinstance(spam, SpamScore):
-        top = sorted(spam.tests, key=lambda t: t[1], reverse=True)[:3]
+        top = sorted((t for t in spam.tests if t[1] > 0), key=lambda t: t[1], reverse=True)[:3]
         why = ", ".join(name for name, _ in top) or "its content"
         text = (
             f"Not sent: our spam filter scored your message {format_score(spam.score)} "

@@ -364,8 +364,8 @@ def test_outbound_spam_is_refused_with_the_reason(
     mark = token()
     tx = submit(alice, [OUTSIDE], f"offer {mark}", f"{GTUBE}\n")
     assert tx.data is not None and tx.data.code == 550, tx
-    assert "Not sent: our spam filter scored your message 1000" in tx.data.text
-    assert "GTUBE" in tx.data.text
+    assert re.search(r"Not sent: our spam filter scored your message 99\d", tx.data.text), tx
+    assert "mostly for GTUBE" in tx.data.text
     assert remote_mx.find(mark, timeout=5) is None
 
 
@@ -501,8 +501,7 @@ def test_password_guessing_is_throttled_and_others_unaffected(deployed: dict[str
     wrong = base64.b64encode(f"\0{alice['uid']}\0guess".encode()).decode()
     codes = []
     for _ in range(15):  # a guesser on its own address
-        with smtplib.SMTP(timeout=30, source_address=("127.0.0.77", 0)) as smtp:
-            smtp.connect(*SUBMISSION)
+        with smtplib.SMTP(*SUBMISSION, timeout=30, source_address=("127.0.0.77", 0)) as smtp:
             smtp.ehlo("guesser.test")
             smtp.starttls(context=tls_context())
             smtp.ehlo("guesser.test")

@@ -75,8 +75,8 @@ def send(
     `login` implies STARTTLS first, as a mail client does; `source` picks the client's own
     loopback address (each address is a different client to Postfix's anvil).
     """
-    with smtplib.SMTP(timeout=timeout, source_address=(source, 0) if source else None) as smtp:
-        smtp.connect(*address)
+    bind = (source, 0) if source else None
+    with smtplib.SMTP(*address, timeout=timeout, source_address=bind) as smtp:
         smtp.ehlo(helo)
         tx = Transaction(Reply(NO_REPLY, "MAIL not sent"))
         if starttls or login is not None:

@@ -188,7 +188,12 @@ def test_stars(value: str, expected: str) -> None:
 def test_outbound_spam_refusal_says_not_sent_and_why() -> None:
     spam = SpamScore(
         Decimal("7.5"),
-        (("A_SMALL", Decimal("0.5")), ("BIG_ONE", Decimal("5")), ("MIDDLE", Decimal("2"))),
+        (
+            ("A_SMALL", Decimal("0.5")),
+            ("BIG_ONE", Decimal("5")),
+            ("MIDDLE", Decimal("2")),
+            ("TRUSTED", Decimal("-1")),
+        ),
     )
     verdict = decide(Clean(), spam, VerdictPolicy())
     worded = for_our_user(verdict, spam, VerdictPolicy())
