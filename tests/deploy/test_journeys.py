@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import imaplib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.stack import EICAR, NEVER_LOGS_IN, smoke
+from tests.harness.managesieve import ManageSieve
 from tests.harness.smtp import Transaction, send, tls_context
 
 pytestmark = [
@@ -60,16 +62,21 @@ class RemoteMx:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
+    def all_containing(self, token: str) -> list[bytes]:
+        found = []
+        for path in sorted(self.directory.rglob("*")):
+            if path.is_file() and token.encode() in (data := path.read_bytes()):
+                found.append(data)
+        return found
+
     def find(self, token: str, timeout: float = 60.0) -> bytes | None:
         """The first received transaction containing `token`, waiting for Postfix's queue."""
         deadline = time.monotonic() + timeout
         flushed = False
         while True:
-            for path in sorted(self.directory.rglob("*")):
-                if path.is_file():
-                    data = path.read_bytes()
-                    if token.encode() in data:
-                        return data
+            found = self.all_containing(token)
+            if found:
+                return found[0]
             if time.monotonic() >= deadline:
                 return None
             if not flushed and time.monotonic() > deadline - timeout / 2:
@@ -521,4 +528,102 @@ def test_password_guessing_is_throttled_and_others_unaffected(deployed: dict[str
         source="127.0.0.78",
     )
     assert_delivered(tx)
+    assert in_folder(alice, subject) is not None
+
+
+# --- filters over ManageSieve: fileinto, redirect, vacation -----------------------------------
+
+FILTER = """require ["fileinto", "mailbox", "copy", "vacation"];
+if header :contains "Subject" "project-x" {{
+    fileinto :create "INBOX.Projects";
+    stop;
+}}
+if header :contains "Subject" "forward-me" {{
+    redirect :copy "{outside}";
+}}
+vacation :days 1 :subject "Away {mark}" :addresses ["{me}"] "I am away until Monday.";
+"""
+
+
+@pytest.fixture
+def bob_filter(deployed: dict[str, Any]) -> Iterator[str]:
+    """Bob's own script, uploaded and activated as a filter editor would; his previous active
+    script is restored afterwards."""
+    bob = person(deployed, "bob")
+    mark = token()
+    with ManageSieve() as sieve:
+        sieve.login(bob["uid"], bob["password"])
+        before = [s for s in sieve.scripts_with_state() if s[1]]
+        sieve.put("journey", FILTER.format(outside=OUTSIDE, mark=mark, me=bob["mail"]))
+        sieve.activate("journey")
+    try:
+        yield mark
+    finally:
+        with ManageSieve() as sieve:
+            sieve.login(bob["uid"], bob["password"])
+            sieve.activate(before[0][0] if before else "")
+            sieve.delete("journey")
+
+
+def test_filter_files_into_a_folder(deployed: dict[str, Any], bob_filter: str) -> None:
+    bob = person(deployed, "bob")
+    subject = f"project-x status {token()}"
+    assert_delivered(from_outside("colleague@example.net", [bob["mail"]], subject))
+    assert in_folder(bob, subject, folder="INBOX.Projects") is not None
+    assert in_folder(bob, subject, timeout=2) is None  # not in INBOX
+
+
+def test_filter_forwards_to_the_outside(
+    deployed: dict[str, Any], bob_filter: str, remote_mx: RemoteMx
+) -> None:
+    bob = person(deployed, "bob")
+    mark = token()
+    subject = f"forward-me please {mark}"
+    assert_delivered(from_outside("boss@example.net", [bob["mail"]], subject))
+    assert in_folder(bob, subject) is not None  # :copy keeps one
+    forwarded = remote_mx.find(f"forward-me please {mark}")
+    assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
+
+
+def test_vacation_answers_once_per_sender(
+    deployed: dict[str, Any], bob_filter: str, remote_mx: RemoteMx
+) -> None:
+    bob = person(deployed, "bob")
+    stranger = f"stranger-{token()}@example.net"
+    for n in (1, 2):
+        assert_delivered(from_outside(stranger, [bob["mail"]], f"hello {n} {token()}"))
+    reply = remote_mx.find(f"Away {bob_filter}")
+    assert reply is not None and f"X-Rcpt-Args: <{stranger}>".encode() in reply
+    time.sleep(3)  # a second reply, if any, would have arrived by now
+    replies = remote_mx.all_containing(stranger)
+    assert len(replies) == 1, replies
+
+
+# --- quota ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
+    variables = deployed["vars"]
+    with smoke.imap_login(
+        variables.get("mail_admin_user", "cyrus"), variables["mail_admin_password"]
+    ) as imap:
+        yield imap
+
+
+def test_over_quota_mail_is_refused_and_kept_by_the_sender(
+    deployed: dict[str, Any], admin: imaplib.IMAP4_SSL
+) -> None:
+    alice = person(deployed, "alice")
+    subject = f"big news {token()}"
+    status, data = admin.setquota("user.alice", "(STORAGE 1)")  # KiB: already over it
+    assert status == "OK", data
+    try:
+        tx = from_outside("sender@example.net", [alice["mail"]], subject)
+    finally:
+        admin.setquota("user.alice", "()")
+    refused = tx.rcpt[alice["mail"]] if tx.data is None else tx.data
+    assert refused.code // 100 == 4 and refused.enhanced == "4.2.2", tx  # the sender retries
+    assert in_folder(alice, subject, timeout=3) is None
+    assert_delivered(from_outside("sender@example.net", [alice["mail"]], subject))  # the retry
     assert in_folder(alice, subject) is not None
