@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.stack import EICAR, NEVER_LOGS_IN, smoke
-from tests.harness.managesieve import ManageSieve
+from tests.harness.managesieve import ManageSieve, SieveError
 from tests.harness.smtp import Transaction, send, tls_context
 
 pytestmark = [
@@ -501,34 +501,140 @@ def test_special_use_folders_exist_for_a_new_mailbox(deployed: dict[str, Any]) -
 
 
 # --- password guessing ----------------------------------------------------------------------------
+# Each guesser comes from its own loopback address: Postfix's anvil and fail2ban see another
+# client than the members' (127.0.0.1, which also stands for webmail and is never banned).
 
 
-def test_password_guessing_is_throttled_and_others_unaffected(deployed: dict[str, Any]) -> None:
-    alice, bob = person(deployed, "alice"), person(deployed, "bob")
-    wrong = base64.b64encode(f"\0{alice['uid']}\0guess".encode()).decode()
-    codes = []
-    for _ in range(15):  # a guesser on its own address
-        with smtplib.SMTP(*SUBMISSION, timeout=30, source_address=("127.0.0.77", 0)) as smtp:
+def _smtp_auth_attempt(source: str, token: str) -> int | None:
+    """One AUTH on 587 from `source`; the reply code, or None when the connection is refused
+    (banned)."""
+    try:
+        with smtplib.SMTP(*SUBMISSION, timeout=30, source_address=(source, 0)) as smtp:
             smtp.ehlo("guesser.test")
             smtp.starttls(context=tls_context())
             smtp.ehlo("guesser.test")
-            code, text = smtp.docmd("AUTH", f"PLAIN {wrong}")
-            codes.append((code, text))
-            if code == 450:
+            return smtp.docmd("AUTH", f"PLAIN {token}")[0]
+    except (OSError, smtplib.SMTPServerDisconnected):
+        return None
+
+
+def _imap_login_attempt(source: str, user: str, password: str) -> bytes | None:
+    """One IMAPS LOGIN from `source`; the tagged reply, or None when refused (banned)."""
+    try:
+        with (
+            socket.create_connection(
+                ("127.0.0.1", 993), timeout=30, source_address=(source, 0)
+            ) as raw,
+            tls_context().wrap_socket(raw) as tls,
+        ):
+            tls.recv(4096)  # greeting
+            tls.sendall(f'a1 LOGIN "{user}" "{password}"\r\n'.encode())
+            reply = b""
+            while b"a1 " not in reply:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
+    except OSError:
+        return None
+
+
+def fail2ban(*args: str) -> str:
+    return subprocess.run(
+        ["fail2ban-client", *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(1)
+
+
+def test_smtp_password_guessing_is_stopped_and_others_unaffected(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    wrong = base64.b64encode(f"\0{alice['uid']}\0guess".encode()).decode()
+    guesser = "127.0.0.77"
+    codes: list[int | None] = []
+    try:
+        for _ in range(15):
+            codes.append(_smtp_auth_attempt(guesser, wrong))
+            if codes[-1] in (450, None):  # anvil's throttle, or fail2ban's ban
                 break
-    assert codes[-1][0] == 450 and b"too many AUTH" in codes[-1][1], codes
-    # a member elsewhere still logs in and sends
-    subject = f"still works {token()}"
-    tx = send(
-        SUBMISSION,
-        bob["mail"],
-        [alice["mail"]],
-        message(bob["mail"], [alice["mail"]], subject),
-        login=(bob["uid"], bob["password"]),
-        source="127.0.0.78",
-    )
-    assert_delivered(tx)
-    assert in_folder(alice, subject) is not None
+        assert codes[-1] in (450, None), codes
+        assert all(c == 535 for c in codes[:-1]), codes  # wrong password until stopped
+        # a member elsewhere still logs in and sends
+        subject = f"still works {token()}"
+        tx = send(
+            SUBMISSION,
+            bob["mail"],
+            [alice["mail"]],
+            message(bob["mail"], [alice["mail"]], subject),
+            login=(bob["uid"], bob["password"]),
+            source="127.0.0.78",
+        )
+        assert_delivered(tx)
+        assert in_folder(alice, subject) is not None
+    finally:
+        subprocess.run(["fail2ban-client", "set", "postfix-sasl", "unbanip", guesser], check=False)
+
+
+def test_imap_password_guessing_is_banned_and_the_ban_lifts_itself(
+    deployed: dict[str, Any],
+) -> None:
+    alice = person(deployed, "alice")
+    guesser = "127.0.0.79"
+    bantime = fail2ban("get", "cyrus-imap", "bantime")
+    fail2ban(
+        "set", "cyrus-imap", "bantime", "15"
+    )  # the admin's setting is minutes; a test waits less
+    try:
+        attempts = 0
+        while _imap_login_attempt(guesser, alice["uid"], "guess") is not None:
+            attempts += 1
+            assert attempts <= 12, "never banned"
+        assert guesser in fail2ban("status", "cyrus-imap")
+        # the member logs in as usual meanwhile
+        with smoke.imap_login(alice["uid"], alice["password"]):
+            pass
+        # and the ban ends by itself
+        _wait(
+            lambda: _imap_login_attempt(guesser, alice["uid"], "guess") is not None,
+            60,
+            "still banned",
+        )
+    finally:
+        fail2ban("set", "cyrus-imap", "bantime", bantime)
+        subprocess.run(["fail2ban-client", "set", "cyrus-imap", "unbanip", guesser], check=False)
+
+
+def test_sieve_password_guessing_is_banned(deployed: dict[str, Any]) -> None:
+    alice = person(deployed, "alice")
+    guesser = "127.0.0.80"
+
+    def attempt() -> bool:
+        """True when the server answered (wrong password), False when the client is banned."""
+        try:
+            with ManageSieve(source=guesser) as sieve:
+                sieve.login(alice["uid"], "guess")
+        except SieveError:
+            return True
+        except OSError:
+            return False
+        raise AssertionError("a wrong password was accepted")
+
+    try:
+        attempts = 0
+        while attempt():
+            attempts += 1
+            assert attempts <= 12, "never banned"
+        assert guesser in fail2ban("status", "sieve")
+        with ManageSieve() as sieve:
+            sieve.login(alice["uid"], alice["password"])
+    finally:
+        subprocess.run(["fail2ban-client", "set", "sieve", "unbanip", guesser], check=False)
 
 
 # --- filters over ManageSieve: fileinto, redirect, vacation -----------------------------------

@@ -20,9 +20,15 @@ class SieveError(Exception):
 
 
 class ManageSieve:
-    def __init__(self, host: str = "127.0.0.1", port: int = 4190, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4190,
+        timeout: float = 30,
+        source: str | None = None,
+    ) -> None:
         self._sock: socket.socket | ssl.SSLSocket = socket.create_connection(
-            (host, port), timeout=timeout
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
         )
         self._buffer = b""
         self._response()  # capabilities
