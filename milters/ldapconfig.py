@@ -11,7 +11,7 @@ from pathlib import Path
 
 from milters.configkit import ConfigReader
 
-__all__ = ["LdapConfig", "Secret", "read_ldap"]
+__all__ = ["LdapConfig", "Secret", "read_filter", "read_ldap"]
 
 
 class Secret:
@@ -76,6 +76,14 @@ def _password(reader: ConfigReader) -> Secret | None:
     return Secret(secret)
 
 
+def read_filter(reader: ConfigReader, key: str, default: str) -> str:
+    """An LDAP search filter: at least its outer parentheses, so a typo is caught at start."""
+    text = reader.text(key, default)
+    if not (text.startswith("(") and text.endswith(")")):
+        reader.problem(key, f"must be an LDAP filter in parentheses, got {text!r}")
+    return text
+
+
 def read_ldap(reader: ConfigReader) -> LdapConfig:
     """An `ldap:` section: the same keys wherever mailglue talks to LDAP."""
     d = LdapConfig()
@@ -89,9 +97,7 @@ def read_ldap(reader: ConfigReader) -> LdapConfig:
     password = _password(reader)
     if password is not None and bind_dn is None:
         reader.problem("bind_dn", "is required when a bind password is given")
-    user_filter = reader.text("user_filter", d.user_filter)
-    if not (user_filter.startswith("(") and user_filter.endswith(")")):
-        reader.problem("user_filter", f"must be an LDAP filter in parentheses, got {user_filter!r}")
+    user_filter = read_filter(reader, "user_filter", d.user_filter)
     config = LdapConfig(
         uri=uri,
         base=base,

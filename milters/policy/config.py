@@ -14,7 +14,7 @@ from pathlib import Path
 
 from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
 from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.ldapconfig import LdapConfig, Secret, read_ldap
+from milters.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
 
 __all__ = [
     "AliasConfig",
@@ -161,12 +161,9 @@ def _aliases(top: ConfigReader) -> AliasConfig | None:
     if not base:
         reader.problem("base", "is required (the search base of the aliases)")
     d = AliasConfig(base="")
-    filter_text = reader.text("filter", d.filter)
-    if not (filter_text.startswith("(") and filter_text.endswith(")")):
-        reader.problem("filter", f"must be an LDAP filter in parentheses, got {filter_text!r}")
     config = AliasConfig(
         base=base,
-        filter=filter_text,
+        filter=read_filter(reader, "filter", d.filter),
         key_attribute=reader.text("key_attribute", d.key_attribute),
         member_attribute=reader.text("member_attribute", d.member_attribute),
         max_depth=reader.integer("max_depth", d.max_depth, minimum=1, maximum=32),

@@ -13,6 +13,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
+# Every deployment test module: `pytestmark = DEPLOY_MARKS`.
+DEPLOY_MARKS = [
+    pytest.mark.deploy,
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
+        reason="deploys system daemons: needs root on Debian",
+    ),
+    pytest.mark.skipif(
+        os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
+    ),
+]
+
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = ROOT / "ansible"
 VENV = ROOT / ".venv-ansible"

@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import os
 import re
 import smtplib
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.stack import EICAR, smoke, user
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke, user
 
-pytestmark = [
-    pytest.mark.deploy,
-    pytest.mark.timeout(1500),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
-        reason="deploys system daemons: needs root on Debian",
-    ),
-    pytest.mark.skipif(
-        os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
-    ),
-]
+pytestmark = DEPLOY_MARKS
 
 
 def test_clean_mail_is_delivered_and_read_over_imaps(deployed: dict[str, Any]) -> None:

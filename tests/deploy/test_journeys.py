@@ -12,7 +12,6 @@ import base64
 import contextlib
 import imaplib
 import json
-import os
 import re
 import shutil
 import smtplib
@@ -31,21 +30,11 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.stack import EICAR, NEVER_LOGS_IN, smoke
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, smoke
 from tests.harness.managesieve import ManageSieve, SieveError
 from tests.harness.smtp import Transaction, send, tls_context
 
-pytestmark = [
-    pytest.mark.deploy,
-    pytest.mark.timeout(1500),
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not Path("/etc/debian_version").exists(),
-        reason="deploys system daemons: needs root on Debian",
-    ),
-    pytest.mark.skipif(
-        os.environ.get("MAILGLUE_SKIP_DEPLOY") == "1", reason="MAILGLUE_SKIP_DEPLOY=1"
-    ),
-]
+pytestmark = DEPLOY_MARKS
 
 MX = ("127.0.0.1", 25)
 SUBMISSION = ("127.0.0.1", 587)
