@@ -13,170 +13,34 @@ import contextlib
 import imaplib
 import json
 import re
-import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.deploy.mailuser import (
+    OUTSIDE,
+    SUBMISSION,
+    RemoteMx,
+    assert_delivered,
+    from_outside,
+    in_folder,
+    message,
+    person,
+    submit,
+    token,
+)
 from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, smoke
 from tests.harness.managesieve import ManageSieve, SieveError
-from tests.harness.smtp import Transaction, send, tls_context
+from tests.harness.smtp import send, tls_context
 
 pytestmark = DEPLOY_MARKS
-
-MX = ("127.0.0.1", 25)
-SUBMISSION = ("127.0.0.1", 587)
-OUTSIDE = "friend@example.net"
-GTUBE = smoke.GTUBE
-
-
-# --- the outside world: a stand-in MX ------------------------------------------------------
-
-
-class RemoteMx:
-    """Postfix's smtp-sink on the relay host address; one file per received transaction."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def all_containing(self, token: str) -> list[bytes]:
-        found = []
-        for path in sorted(self.directory.rglob("*")):
-            if path.is_file() and token.encode() in (data := path.read_bytes()):
-                found.append(data)
-        return found
-
-    def find(self, token: str, timeout: float = 60.0) -> bytes | None:
-        """The first received transaction containing `token`, waiting for Postfix's queue."""
-        deadline = time.monotonic() + timeout
-        flushed = False
-        while True:
-            found = self.all_containing(token)
-            if found:
-                return found[0]
-            if time.monotonic() >= deadline:
-                return None
-            if not flushed and time.monotonic() > deadline - timeout / 2:
-                subprocess.run(["postqueue", "-f"], check=False)  # retry deferred mail now
-                flushed = True
-            time.sleep(0.5)
-
-
-def _relay_address(variables: dict[str, Any]) -> tuple[str, int]:
-    match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", str(variables.get("mail_relayhost", "")))
-    assert match, "the single inventory's mail_relayhost must be [127.0.0.1]:PORT"
-    return match.group(1), int(match.group(2))
-
-
-@pytest.fixture(scope="module")
-def remote_mx(deployed: dict[str, Any]) -> Iterator[RemoteMx]:
-    host, port = _relay_address(deployed["vars"])
-    directory = Path(tempfile.mkdtemp(prefix="remote-mx-"))
-    directory.chmod(0o777)  # smtp-sink drops to nobody
-    sink = subprocess.Popen(
-        [
-            "/usr/sbin/smtp-sink",
-            "-u",
-            "nobody",
-            "-d",
-            f"{directory}/%H%M%S.",
-            f"{host}:{port}",
-            "64",
-        ]
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            break
-        except OSError:
-            assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
-            time.sleep(0.1)
-    subprocess.run(["postqueue", "-f"], check=False)
-    try:
-        yield RemoteMx(directory)
-    finally:
-        sink.terminate()
-        sink.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-# --- people and their mail clients -----------------------------------------------------------
-
-
-def person(deployed: dict[str, Any], uid: str) -> dict[str, str]:
-    found: dict[str, str] = next(u for u in deployed["users"] if u["uid"] == uid)
-    return found
-
-
-def token() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def message(sender: str, recipients: list[str], subject: str, body: str = "hello\n") -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = subject
-    msg["Date"] = formatdate(localtime=True)
-    # the subject's last word (the test's token) in the Message-ID finds the milter's event
-    msg["Message-ID"] = make_msgid(idstring=subject.split()[-1], domain="journey.test")
-    msg.set_content(body)
-    return msg.as_bytes(policy=SMTP)
-
-
-def submit(
-    who: dict[str, str],
-    recipients: list[str],
-    subject: str,
-    body: str = "hello\n",
-    *,
-    sender: str | None = None,
-    port: int = 587,
-) -> Transaction:
-    """What a mail client does: STARTTLS, AUTH as the member, send."""
-    mail_from = who["mail"] if sender is None else sender
-    return send(
-        ("127.0.0.1", port),
-        mail_from,
-        recipients,
-        message(mail_from or who["mail"], recipients, subject, body),
-        helo="laptop.journey.test",
-        login=(who["uid"], who["password"]),
-    )
-
-
-def from_outside(
-    sender: str, recipients: list[str], subject: str, body: str = "hi\n"
-) -> Transaction:
-    """What another domain's MTA does on port 25 (STARTTLS, no AUTH)."""
-    return send(MX, sender, recipients, message(sender, recipients, subject, body), starttls=True)
-
-
-def in_folder(
-    who: dict[str, str], subject: str, folder: str = "INBOX", timeout: float = 60
-) -> bytes | None:
-    found: bytes | None = smoke.find_subject(
-        who["uid"], who["password"], subject, timeout=timeout, mailbox=folder
-    )
-    return found
-
-
-def assert_delivered(tx: Transaction) -> None:
-    assert tx.data is not None and tx.data.code == 250, tx
-
 
 # --- sending: submission, relay, replies --------------------------------------------------------
 
@@ -358,7 +222,7 @@ def test_outbound_spam_is_refused_with_the_reason(
 ) -> None:
     alice = person(deployed, "alice")
     mark = token()
-    tx = submit(alice, [OUTSIDE], f"offer {mark}", f"{GTUBE}\n")
+    tx = submit(alice, [OUTSIDE], f"offer {mark}", f"{smoke.GTUBE}\n")
     assert tx.data is not None and tx.data.code == 550, tx
     assert re.search(r"Not sent: our spam filter scored your message 99\d", tx.data.text), tx
     assert "mostly for GTUBE" in tx.data.text

@@ -1,6 +1,6 @@
 """A ManageSieve client (RFC 5804) for tests: what a mail client's filter editor does.
 
-Only the commands a user's journey needs: STARTTLS, AUTHENTICATE "PLAIN", PUTSCRIPT,
+Only the commands a user's journey needs: STARTTLS, AUTHENTICATE "PLAIN", PUTSCRIPT, GETSCRIPT,
 SETACTIVE (an empty name deactivates), LISTSCRIPTS, DELETESCRIPT. Cyrus's own `sieveshell`
 gives up on this TLS-only server when run without a terminal, so the tests speak the protocol.
 """
@@ -55,6 +55,20 @@ class ManageSieve:
 
     def activate(self, name: str) -> None:
         self._command(f'SETACTIVE "{name}"'.encode())
+
+    def get(self, name: str) -> str:
+        self._sock.sendall(f'GETSCRIPT "{name}"\r\n'.encode())
+        size = self._readline()  # {N}
+        assert size.startswith(b"{") and size.endswith(b"}"), size
+        length = int(size[1:-1])
+        while len(self._buffer) < length:
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                raise SieveError("connection closed")
+            self._buffer += chunk
+        script, self._buffer = self._buffer[:length], self._buffer[length:]
+        self._response()
+        return script.decode()
 
     def delete(self, name: str) -> None:
         self._command(f'DELETESCRIPT "{name}"'.encode())

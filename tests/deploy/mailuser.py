@@ -1,0 +1,125 @@
+"""What members and outside servers do in the deployment tests: send over 587 after login,
+deliver on 25 from outside, look into a folder over IMAPS, and the outside world's mailbox
+(a stand-in MX on loopback that the single inventory's `mail_relayhost` points at)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+from tests.deploy.stack import smoke
+from tests.harness.smtp import Transaction, send
+
+MX = ("127.0.0.1", 25)
+SUBMISSION = ("127.0.0.1", 587)
+OUTSIDE = "friend@example.net"
+
+
+# --- the outside world: a stand-in MX ------------------------------------------------------
+
+
+class RemoteMx:
+    """Postfix's smtp-sink on the relay host address; one file per received transaction."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def all_containing(self, token: str) -> list[bytes]:
+        found = []
+        for path in sorted(self.directory.rglob("*")):
+            if path.is_file() and token.encode() in (data := path.read_bytes()):
+                found.append(data)
+        return found
+
+    def find(self, token: str, timeout: float = 60.0) -> bytes | None:
+        """The first received transaction containing `token`, waiting for Postfix's queue."""
+        deadline = time.monotonic() + timeout
+        flushed = False
+        while True:
+            found = self.all_containing(token)
+            if found:
+                return found[0]
+            if time.monotonic() >= deadline:
+                return None
+            if not flushed and time.monotonic() > deadline - timeout / 2:
+                subprocess.run(["postqueue", "-f"], check=False)  # retry deferred mail now
+                flushed = True
+            time.sleep(0.5)
+
+
+# --- people and their mail clients -----------------------------------------------------------
+
+
+def person(deployed: dict[str, Any], uid: str) -> dict[str, str]:
+    found: dict[str, str] = next(u for u in deployed["users"] if u["uid"] == uid)
+    return found
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def message(sender: str, recipients: list[str], subject: str, body: str = "hello\n") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=True)
+    # the subject's last word (the test's token) in the Message-ID finds the milter's event
+    msg["Message-ID"] = make_msgid(idstring=subject.split()[-1], domain="journey.test")
+    msg.set_content(body)
+    return msg.as_bytes(policy=SMTP)
+
+
+def submit(
+    who: dict[str, str],
+    recipients: list[str],
+    subject: str,
+    body: str = "hello\n",
+    *,
+    sender: str | None = None,
+    port: int = 587,
+) -> Transaction:
+    """What a mail client does: STARTTLS, AUTH as the member, send."""
+    mail_from = who["mail"] if sender is None else sender
+    return send(
+        ("127.0.0.1", port),
+        mail_from,
+        recipients,
+        message(mail_from or who["mail"], recipients, subject, body),
+        helo="laptop.journey.test",
+        login=(who["uid"], who["password"]),
+    )
+
+
+def from_outside(
+    sender: str, recipients: list[str], subject: str, body: str = "hi\n"
+) -> Transaction:
+    """What another domain's MTA does on port 25 (STARTTLS, no AUTH)."""
+    return send(MX, sender, recipients, message(sender, recipients, subject, body), starttls=True)
+
+
+def in_folder(
+    who: dict[str, str], subject: str, folder: str = "INBOX", timeout: float = 60
+) -> bytes | None:
+    found: bytes | None = smoke.find_subject(
+        who["uid"], who["password"], subject, timeout=timeout, mailbox=folder
+    )
+    return found
+
+
+def assert_delivered(tx: Transaction) -> None:
+    assert tx.data is not None and tx.data.code == 250, tx
+
+
+def relay_address(variables: dict[str, Any]) -> tuple[str, int]:
+    match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", str(variables.get("mail_relayhost", "")))
+    assert match, "the single inventory's mail_relayhost must be [127.0.0.1]:PORT"
+    return match.group(1), int(match.group(2))
