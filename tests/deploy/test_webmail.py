@@ -1,0 +1,403 @@
+"""Webmail in a real browser: Debian's Chromium, headless, driven by Selenium, against the
+Roundcube that `make up` serves on https://localhost/.
+
+Each test does what a member does with the mouse and keyboard, then looks where the member
+(or the colleague, or the outside world) would: the page, the mailbox over IMAPS, the stand-in
+remote MX. Screenshots of the inbox and the filter page go to tests/deploy/screenshots/.
+"""
+
+from __future__ import annotations
+
+import http.client
+import imaplib
+import json
+import re
+import subprocess
+import time
+import urllib.error
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.deploy.mailuser import (
+    OUTSIDE,
+    RemoteMx,
+    assert_delivered,
+    from_outside,
+    in_folder,
+    person,
+    token,
+)
+from tests.deploy.stack import DEPLOY_MARKS, smoke
+from tests.harness.managesieve import ManageSieve
+from tests.harness.smtp import send, tls_context
+
+pytestmark = DEPLOY_MARKS
+
+BASE = "https://localhost"
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # we run as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",  # no internet here: no update or sync calls
+    "--disable-component-update",
+    "--disable-sync",
+    "--ignore-certificate-errors",  # the stack's self-signed certificate
+    "--window-size=1400,1000",
+]
+
+
+@pytest.fixture
+def browser(deployed: dict[str, Any]) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def login(driver: WebDriver, user: str, password: str) -> None:
+    driver.get(BASE + "/")
+    wait(driver, ec.visibility_of_element_located((By.ID, "rcmloginuser"))).send_keys(user)
+    driver.find_element(By.ID, "rcmloginpwd").send_keys(password)
+    driver.find_element(By.ID, "rcmloginsubmit").click()
+
+
+def logged_in(driver: WebDriver, user: str, password: str) -> None:
+    login(driver, user, password)
+    wait(driver, ec.presence_of_element_located((By.ID, "messagelist")))
+
+
+def uid_of(who: dict[str, str], subject: str, folder: str = "INBOX") -> str:
+    with smoke.imap_login(who["uid"], who["password"]) as imap:
+        imap.select(folder, readonly=True)
+        status, data = imap.uid("SEARCH", "SUBJECT", f'"{subject}"')
+    assert status == "OK" and data[0], f"{subject!r} not in {folder}"
+    return str(data[0].split()[-1].decode())
+
+
+def save_form(driver: WebDriver) -> None:
+    """Scroll to the form's Save button and click it, as the user does."""
+    button = driver.find_element(By.CSS_SELECTOR, "button.submit")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+
+
+def active_script(who: dict[str, str]) -> str:
+    with ManageSieve() as sieve:
+        sieve.login(who["uid"], who["password"])
+        active = [name for name, on in sieve.scripts_with_state() if on]
+        return sieve.get(active[0]) if active else ""
+
+
+def wait_for_script(who: dict[str, str], text: str) -> str:
+    """What the web form saved, as Cyrus has it: the active script, once it holds `text`."""
+    deadline = time.monotonic() + 30
+    while text not in (script := active_script(who)):
+        assert time.monotonic() < deadline, f"{text!r} never reached the Sieve script:\n{script}"
+        time.sleep(0.5)
+    return script
+
+
+# --- the web server -------------------------------------------------------------------------------
+
+
+def test_http_redirects_to_https(deployed: dict[str, Any]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+    connection.request("GET", "/?_task=mail", headers={"Host": "localhost"})
+    reply = connection.getresponse()
+    assert reply.status == 301, reply.status
+    assert reply.getheader("Location") == "https://localhost/?_task=mail"
+
+
+@pytest.mark.parametrize(
+    "path", ["/config/config.inc.php", "/installer/", "/logs/errors.log", "/.htaccess", "/temp/"]
+)
+def test_config_logs_and_installer_are_not_served(deployed: dict[str, Any], path: str) -> None:
+    try:
+        with urlopen(BASE + path, context=tls_context(), timeout=10) as page:
+            status = page.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    assert status in (403, 404), (path, status)
+
+
+def test_session_cookie_is_secure_httponly_and_strict(browser: WebDriver) -> None:
+    browser.get(BASE + "/")
+    wait(browser, ec.visibility_of_element_located((By.ID, "rcmloginuser")))
+    cookies = {c["name"]: c for c in browser.get_cookies()}
+    session = cookies["roundcube_sessid"]
+    assert session["secure"] and session["httpOnly"], session
+    assert session.get("sameSite") == "Strict", session
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def test_inbox_lists_a_delivered_message_and_shows_its_headers(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    alice = person(deployed, "alice")
+    subject = f"read me in the browser {token()}"
+    assert_delivered(from_outside("friend@example.net", [alice["mail"]], subject))
+    assert in_folder(alice, subject) is not None
+    logged_in(browser, alice["uid"], alice["password"])
+    wait(browser, ec.text_to_be_present_in_element((By.ID, "messagelist"), subject))
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "inbox.png"))
+    uid = uid_of(alice, subject)
+    browser.get(f"{BASE}/?_task=mail&_action=show&_uid={uid}&_mbox=INBOX")
+    wait(browser, ec.text_to_be_present_in_element((By.TAG_NAME, "body"), subject))
+    browser.get(f"{BASE}/?_task=mail&_action=viewsource&_uid={uid}&_mbox=INBOX")
+    source = wait(browser, ec.presence_of_element_located((By.TAG_NAME, "body"))).text
+    assert "X-Spam-Status: No" in source
+
+
+# --- sending --------------------------------------------------------------------------------------
+
+
+def compose_and_send(driver: WebDriver, to: list[str], subject: str, body: str) -> None:
+    driver.get(BASE + "/?_task=mail&_action=compose")
+    recipient = wait(
+        driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
+    )
+    for address in to:
+        recipient.send_keys(address + ",")
+    driver.find_element(By.ID, "compose-subject").send_keys(subject)
+    driver.find_element(By.ID, "composebody").send_keys(body)
+    driver.find_element(By.CSS_SELECTOR, "button.send").click()
+    wait(driver, lambda d: "_action=compose" not in d.current_url, timeout=60)
+
+
+def test_send_to_a_colleague_and_the_outside(
+    deployed: dict[str, Any], browser: WebDriver, remote_mx: RemoteMx
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    subject = f"from webmail {mark}"
+    logged_in(browser, alice["uid"], alice["password"])
+    compose_and_send(browser, [bob["mail"], OUTSIDE], subject, "Sent from the browser.")
+    assert in_folder(bob, subject) is not None, "not in bob's INBOX"
+    outside = remote_mx.find(mark)
+    assert outside is not None, "never reached the remote MX"
+    assert b"X-Mail-Args: <alice@example.org>" in outside
+    assert in_folder(alice, subject, folder="INBOX.Sent") is not None, "no copy in Sent"
+    # it went in through submission like any client's: AUTH as alice, scanned, outbound
+    found = re.search(rb"(?im)^Message-ID:\s*(<[^>]+>)", outside)
+    assert found, outside[:500]
+    (event,) = [e for e in milter_events() if e.get("message_id") == found.group(1).decode()]
+    assert event["client"]["sasl_user"] == "alice" and event["direction"] == "outbound", event
+
+
+def milter_events() -> list[dict[str, Any]]:
+    log = Path("/var/log/mailglue/milter.log").read_text(encoding="utf-8", errors="replace")
+    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return [e for e in events if e.get("event") == "transaction"]
+
+
+# --- filters, forwarding, vacation ----------------------------------------------------------------
+
+
+@pytest.fixture
+def bob_settings_restored(deployed: dict[str, Any]) -> Iterator[None]:
+    """Bob's Sieve script as it was before the test (the web UI edits it in place)."""
+    bob = person(deployed, "bob")
+    with ManageSieve() as sieve:
+        sieve.login(bob["uid"], bob["password"])
+        active = [name for name, on in sieve.scripts_with_state() if on]
+        original = {name: sieve.get(name) for name in active}
+    yield
+    with ManageSieve() as sieve:
+        sieve.login(bob["uid"], bob["password"])
+        for name, text in original.items():
+            sieve.put(name, text)
+            sieve.activate(name)
+
+
+def test_filter_forward_and_vacation_from_settings(
+    deployed: dict[str, Any],
+    browser: WebDriver,
+    remote_mx: RemoteMx,
+    bob_settings_restored: None,
+) -> None:
+    bob = person(deployed, "bob")
+    mark = token()
+    logged_in(browser, bob["uid"], bob["password"])
+
+    # a filter: Subject contains X -> folder Y (Settings > Filters > Create: a form in a frame)
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
+    create = (By.XPATH, "//a[contains(@onclick, \"'plugin.managesieve-add'\")]")
+    wait(browser, ec.element_to_be_clickable(create)).click()
+    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
+    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"reports {mark}")
+    Select(browser.find_element(By.ID, "header0")).select_by_value("subject")
+    Select(browser.find_element(By.ID, "rule_op0")).select_by_value("contains")
+    browser.find_element(By.NAME, "_rule_target[0][]").send_keys(f"report-{mark}")
+    Select(browser.find_element(By.ID, "action_type0")).select_by_value("fileinto")
+    Select(browser.find_element(By.ID, "action_mailbox0")).select_by_value("INBOX.Trash")
+    save_form(browser)
+    browser.switch_to.default_content()
+    script = wait_for_script(bob, f"report-{mark}")
+    assert script.index("X-Spam-Flag") < script.index(f"report-{mark}"), script  # Junk first
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
+    wait(browser, ec.text_to_be_present_in_element((By.TAG_NAME, "body"), f"reports {mark}"))
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "filters.png"))
+
+    # forwarding: a copy of everything to the outside
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve-forward")
+    wait(browser, ec.visibility_of_element_located((By.ID, "action_target"))).send_keys(OUTSIDE)
+    Select(browser.find_element(By.ID, "forward_action")).select_by_value("copy")
+    Select(browser.find_element(By.ID, "forward_status")).select_by_value("on")
+    save_form(browser)
+    wait_for_script(bob, OUTSIDE)
+
+    # vacation
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve-vacation")
+    wait(browser, ec.visibility_of_element_located((By.ID, "vacation_subject"))).send_keys(
+        f"Out of office {mark}"
+    )
+    browser.find_element(By.ID, "vacation_reason").send_keys("Back on Monday.")
+    Select(browser.find_element(By.ID, "vacation_status")).select_by_value("on")
+    save_form(browser)
+    script = wait_for_script(bob, f"Out of office {mark}")
+
+    # mail sent afterwards: filed by the filter, forwarded, answered once per sender
+    filed = f"weekly report-{mark}"
+    assert_delivered(from_outside("boss@example.net", [bob["mail"]], filed))
+    assert in_folder(bob, filed, folder="INBOX.Trash") is not None, "filter did not file it"
+    plain = f"hello bob {mark}"
+    stranger = f"stranger-{mark}@example.net"
+    for n in (1, 2):
+        assert_delivered(from_outside(stranger, [bob["mail"]], f"{plain} {n}"))
+    assert in_folder(bob, f"{plain} 1") is not None
+    forwarded = remote_mx.find(f"{plain} 1")
+    assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
+    reply = remote_mx.find(f"Out of office {mark}")
+    assert reply is not None, f"no vacation reply; the script:\n{script}"
+    assert f"X-Rcpt-Args: <{stranger}>".encode() in reply
+    time.sleep(3)
+    replies = [r for r in remote_mx.all_containing(stranger) if b"Out of office" in r]
+    assert len(replies) == 1, replies
+
+    # Junk filing still works for him: a tagged message goes to Junk
+    tagged = f"tagged {mark}"
+    inject_tagged(bob["mail"], tagged)
+    assert in_folder(bob, tagged, folder="INBOX.Junk") is not None, "tagged mail not in Junk"
+
+
+def inject_tagged(recipient: str, subject: str) -> None:
+    """A message that carries our X-Spam-Flag: YES, as the milter writes it for 3.0 < score
+    < 5.0. Submitted with Postfix's sendmail (local pickup, no milter), because the milter
+    strips such headers from anything that arrives over SMTP."""
+    text = (
+        f"From: <offers@example.net>\nTo: <{recipient}>\nSubject: {subject}\n"
+        "X-Spam-Flag: YES\nX-Spam-Level: ****\n"
+        "X-Spam-Status: Yes, score=4.2 required=3.0 tests=TEST=4.2\n\nspecial offer\n"
+    )
+    subprocess.run(
+        ["/usr/sbin/sendmail", "-f", "offers@example.net", recipient],
+        input=text.encode(),
+        check=True,
+        timeout=30,
+    )
+
+
+# --- password -------------------------------------------------------------------------------------
+
+
+def change_password(driver: WebDriver, user: str, current: str, new: str) -> None:
+    driver.get(f"{BASE}/?_task=settings&_action=plugin.password")
+    wait(driver, ec.visibility_of_element_located((By.ID, "curpasswd"))).send_keys(current)
+    driver.find_element(By.ID, "newpasswd").send_keys(new)
+    driver.find_element(By.ID, "confpasswd").send_keys(new)
+    save_form(driver)
+    note = wait(driver, ec.visibility_of_element_located((By.CSS_SELECTOR, "#messagestack div")))
+    assert "uccessfully" in note.text, note.text
+    deadline = time.monotonic() + 30
+    while not imap_accepts(user, new):
+        assert time.monotonic() < deadline, "the new password never worked"
+        time.sleep(1)
+
+
+def imap_accepts(user: str, password: str) -> bool:
+    try:
+        with smoke.imap_login(user, password):
+            return True
+    except imaplib.IMAP4.error:
+        return False
+
+
+def submission_accepts(who: dict[str, str], password: str) -> bool:
+    tx = send(
+        ("127.0.0.1", 587),
+        who["mail"],
+        [who["mail"]],
+        b"Subject: pw check\r\n\r\nx\r\n",
+        login=(who["uid"], password),
+    )
+    return tx.mail.code == 250
+
+
+def test_password_change_takes_effect_everywhere(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    bob = person(deployed, "bob")
+    old, new = bob["password"], f"new-{token()}-pw"
+    logged_in(browser, bob["uid"], old)
+    change_password(browser, bob["uid"], old, new)
+    try:
+        assert imap_accepts(bob["uid"], new) and submission_accepts(bob, new)
+        assert not imap_accepts(bob["uid"], old), "the old password still opens IMAP"
+        assert not submission_accepts(bob, old), "the old password still sends"
+    finally:
+        browser.delete_all_cookies()
+        logged_in(browser, bob["uid"], new)
+        change_password(browser, bob["uid"], new, old)
+    assert imap_accepts(bob["uid"], old)
+
+
+# --- wrong passwords ------------------------------------------------------------------------------
+
+
+def test_wrong_password_is_refused_clearly_and_throttled(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    alice = person(deployed, "alice")
+    messages = []
+    for _ in range(6):
+        browser.delete_all_cookies()
+        login(browser, alice["uid"], "not-her-password")
+        try:
+            alert = wait(
+                browser,
+                ec.visibility_of_element_located((By.CSS_SELECTOR, "#messagestack div")),
+                20,
+            )
+            messages.append(alert.text)
+        except TimeoutException:
+            messages.append(browser.find_element(By.TAG_NAME, "body").text[:200])
+    assert "Login failed" in messages[0], messages
+    assert any("Too many" in m or "too many" in m for m in messages[1:]), messages
