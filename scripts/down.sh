@@ -3,7 +3,7 @@
 # `make up` starts them again.
 set -euo pipefail
 
-programs=(postfix fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd rsyslog)
+programs=(postfix nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd rsyslog)
 
 if [[ -d /run/systemd/system ]]; then
   for p in "${programs[@]}"; do

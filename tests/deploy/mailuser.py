@@ -123,3 +123,18 @@ def relay_address(variables: dict[str, Any]) -> tuple[str, int]:
     match = re.fullmatch(r"\[([\d.]+)\]:(\d+)", str(variables.get("mail_relayhost", "")))
     assert match, "the single inventory's mail_relayhost must be [127.0.0.1]:PORT"
     return match.group(1), int(match.group(2))
+
+
+def dkim_verifies(received: bytes, domain: str = "example.org") -> bool:
+    """Whether the copy the remote MX received carries a DKIM signature that dkimpy (an
+    implementation independent of the signer) verifies against the key we would publish:
+    the TXT record OpenDKIM wrote beside the private key."""
+    import dkim
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        selector = name.decode().split("._domainkey.")[0]
+        record = Path(f"/etc/opendkim/keys/{domain}/{selector}.txt").read_text()
+        return "".join(re.findall(r'"([^"]*)"', record)).encode()
+
+    message = received.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return bool(dkim.verify(message, dnsfunc=txt))

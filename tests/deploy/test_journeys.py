@@ -29,6 +29,7 @@ from tests.deploy.mailuser import (
     SUBMISSION,
     RemoteMx,
     assert_delivered,
+    dkim_verifies,
     from_outside,
     in_folder,
     message,
@@ -63,6 +64,7 @@ def test_member_sends_to_the_outside_on_587(deployed: dict[str, Any], remote_mx:
     assert received is not None, "never reached the remote MX"
     assert b"X-Mail-Args: <alice@example.org>" in received
     assert f"X-Rcpt-Args: <{OUTSIDE}>".encode() in received
+    assert b"DKIM-Signature:" in received and dkim_verifies(received), received[:2000]
 
 
 def test_member_sends_to_a_colleague_and_the_outside(
@@ -553,6 +555,7 @@ def test_vacation_answers_once_per_sender(
         assert_delivered(from_outside(stranger, [bob["mail"]], f"hello {n} {token()}"))
     reply = remote_mx.find(f"Away {bob_filter}")
     assert reply is not None and f"X-Rcpt-Args: <{stranger}>".encode() in reply
+    assert dkim_verifies(reply), reply[:2000]  # this host's own mail is signed too
     time.sleep(3)  # a second reply, if any, would have arrived by now
     replies = remote_mx.all_containing(stranger)
     assert len(replies) == 1, replies
