@@ -7,7 +7,7 @@ server never has to know which exception a backend raises.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from milters.policy.aliases import MAX_DEPTH, Expansion, expand
@@ -125,11 +125,11 @@ def gather(wanted: Plan, backends: Backends, rules: AliasRules | None = None) ->
         user = _find(directory, wanted.recipient)
         if isinstance(user, User):
             mailbox, cached = _mailbox(backends.mailboxes, user, wanted.recipient)
-            facts = Facts(facts.login_user, user, mailbox, facts.sender_alias)
+            facts = replace(facts, recipient_user=user, mailbox=mailbox)
         else:
             alias = _alias(directory, wanted.recipient, rules) if user is NOT_FOUND else None
             members: tuple[MemberCheck, ...] = ()
             if isinstance(alias, Expansion) and alias.problem is None:
                 members = tuple(_member(backends, m) for m in alias.local)
-            facts = Facts(facts.login_user, user, None, facts.sender_alias, alias, members)
+            facts = replace(facts, recipient_user=user, recipient_alias=alias, members=members)
     return Gathered(facts, cached)
