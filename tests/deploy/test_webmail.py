@@ -15,6 +15,8 @@ import re
 import subprocess
 import time
 import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -401,3 +403,55 @@ def test_wrong_password_is_refused_clearly_and_throttled(
             messages.append(browser.find_element(By.TAG_NAME, "body").text[:200])
     assert "Login failed" in messages[0], messages
     assert any("Too many" in m or "too many" in m for m in messages[1:]), messages
+
+
+# --- mail clients configure themselves -----------------------------------------------------------
+
+
+def _autoconfig(url: str, host: str) -> ET.Element:
+    request = urllib.request.Request(url, headers={"Host": host})
+    with urlopen(request, context=tls_context(), timeout=10) as page:
+        assert page.status == 200
+        return ET.fromstring(page.read())
+
+
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        (BASE + "/.well-known/autoconfig/mail/config-v1.1.xml", "example.org"),
+        (
+            "http://127.0.0.1/mail/config-v1.1.xml?emailaddress=alice%40example.org",
+            "autoconfig.example.org",
+        ),
+    ],
+)
+def test_a_client_set_up_from_autoconfig_reads_and_sends(
+    deployed: dict[str, Any], url: str, host: str
+) -> None:
+    """What Thunderbird does with only an address and a password: fetch the description,
+    then use it. (mail.example.org does not resolve here: the client connects to 127.0.0.1.)"""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    config = _autoconfig(url, host)
+    imap = config.find("./emailProvider/incomingServer[@type='imap']")
+    smtp = config.find("./emailProvider/outgoingServer[@type='smtp']")
+    assert imap is not None and smtp is not None
+    assert (
+        imap.findtext("hostname") == smtp.findtext("hostname") == deployed["vars"]["mail_hostname"]
+    )
+    assert (imap.findtext("port"), imap.findtext("socketType")) == ("993", "SSL")
+    assert (smtp.findtext("port"), smtp.findtext("socketType")) == ("587", "STARTTLS")
+    login = {"%EMAILLOCALPART%": alice["mail"].split("@")[0], "%EMAILADDRESS%": alice["mail"]}[
+        str(imap.findtext("username"))
+    ]
+    with smoke.imap_login(login, alice["password"], port=int(str(imap.findtext("port")))):
+        pass
+    subject = f"set up by autoconfig {token()}"
+    tx = send(
+        ("127.0.0.1", int(str(smtp.findtext("port")))),
+        alice["mail"],
+        [bob["mail"]],
+        f"From: {alice['mail']}\r\nTo: {bob['mail']}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode(),
+        login=(login, alice["password"]),
+    )
+    assert_delivered(tx)
+    assert in_folder(bob, subject) is not None
