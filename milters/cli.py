@@ -28,13 +28,13 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _config_kind(path: str) -> str:
-    """Which daemon's file: a policy config has a top-level `policy:` section, a learn config
-    an `imap:` section; anything else is a milter config."""
+    """Which daemon's file: a policy config has a top-level `policy:` section, a quota config
+    a `quota:` section, a learn config an `imap:` one; anything else is a milter config."""
     from milters.configkit import load_yaml
 
     _, data = load_yaml(path)
     if isinstance(data, dict):
-        for section, kind in (("policy", "policy"), ("imap", "learn")):
+        for section, kind in (("policy", "policy"), ("quota", "quota"), ("imap", "learn")):
             if section in data:
                 return kind
     return "milter"
@@ -56,6 +56,13 @@ def _check_config(args: argparse.Namespace) -> int:
         learn = load_learn_config(args.config)
         config = dataclasses.replace(
             learn, imap=dataclasses.replace(learn.imap, password="********")
+        )
+    elif kind == "quota":
+        from milters.quota.config import load_quota_config
+
+        quota = load_quota_config(args.config)
+        config = dataclasses.replace(
+            quota, imap=dataclasses.replace(quota.imap, password="********")
         )
     else:
         from milters.config import load_config
@@ -164,6 +171,13 @@ def _learn_once(path: str) -> int:
     return 1 if summary.counts.get("error") else 0
 
 
+def _quota(args: argparse.Namespace) -> int:
+    """Copy each member's quota from LDAP into Cyrus (see milters/quota)."""
+    from milters.quota.command import run
+
+    return run(args.config, every=args.every, dry_run=args.dry_run)
+
+
 def _json_number(value: object) -> object:
     from decimal import Decimal
 
@@ -221,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     policy.set_defaults(handler=_policy)
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("config", help="path to milter.yaml, policy.yaml or learn.yaml")
+    check.add_argument("config", help="path to milter.yaml, policy.yaml, learn.yaml or quota.yaml")
     check.add_argument(
         "--kind",
-        choices=("milter", "policy", "learn"),
+        choices=("milter", "policy", "learn", "quota"),
         help="which daemon's config (default: guessed from the file)",
     )
     check.set_defaults(handler=_check_config)
@@ -251,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run again every SECONDS until stopped (run as a service; Ansible does this)",
     )
     learn.set_defaults(handler=_learn)
+
+    quota = sub.add_parser("quota", help="set each member's Cyrus quota from LDAP")
+    quota.add_argument("--config", required=True, help="path to quota.yaml")
+    quota.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run again every SECONDS until stopped (run as a service; Ansible does this)",
+    )
+    quota.add_argument("--dry-run", action="store_true", help="log what would change; set nothing")
+    quota.set_defaults(handler=_quota)
 
     replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")
     replay.add_argument("message", help="the message file (.eml), or - for stdin")

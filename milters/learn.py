@@ -91,14 +91,14 @@ def connect(config: ImapConfig) -> imaplib.IMAP4:
     return imap
 
 
-def _ok(result: tuple[str, list[Any]], what: str) -> list[Any]:
+def imap_ok(result: tuple[str, list[Any]], what: str) -> list[Any]:
     typ, data = result
     if typ != "OK":
         raise imaplib.IMAP4.error(f"{what}: {typ} {data!r}")
     return data
 
 
-def _quoted(mailbox: str) -> str:
+def imap_quoted(mailbox: str) -> str:
     return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -114,9 +114,9 @@ class Learner:
         imap = connect(self.config.imap)
         try:
             folder = self.config.imap.folder
-            _ok(imap.select(_quoted(folder)), f"SELECT {folder}")
+            imap_ok(imap.select(imap_quoted(folder)), f"SELECT {folder}")
             self._expunge_confirmed(imap)
-            uids = _ok(imap.uid("SEARCH", "UNDELETED"), "SEARCH")
+            uids = imap_ok(imap.uid("SEARCH", "UNDELETED"), "SEARCH")
             for uid in (uids[0].split() if uids and uids[0] else [])[: self.config.max_messages]:
                 self._one(imap, uid.decode())
             imap.close()
@@ -128,14 +128,14 @@ class Learner:
 
     def _expunge_confirmed(self, imap: imaplib.IMAP4) -> None:
         """\\Deleted here means spamd confirmed it in an interrupted run: finish the job."""
-        found = _ok(imap.uid("SEARCH", "DELETED"), "SEARCH DELETED")
+        found = imap_ok(imap.uid("SEARCH", "DELETED"), "SEARCH DELETED")
         uids = found[0].split() if found and found[0] else []
         if uids:
-            _ok(imap.expunge(), "EXPUNGE")
+            imap_ok(imap.expunge(), "EXPUNGE")
             self.counts["expunged_from_earlier_run"] += len(uids)
 
     def _one(self, imap: imaplib.IMAP4, uid: str) -> None:
-        data = _ok(imap.uid("FETCH", uid, "(RFC822.SIZE BODY.PEEK[])"), f"FETCH {uid}")
+        data = imap_ok(imap.uid("FETCH", uid, "(RFC822.SIZE BODY.PEEK[])"), f"FETCH {uid}")
         raw = next((part[1] for part in data if isinstance(part, tuple)), None)
         if raw is None:
             return  # expunged by someone else meanwhile
@@ -171,10 +171,10 @@ class Learner:
         """Out of the folder, now that spamd confirmed: moved, or deleted and expunged."""
         if self.config.after == "move":
             assert self.config.move_to is not None
-            _ok(imap.uid("COPY", uid, _quoted(self.config.move_to)), f"COPY {uid}")
-        _ok(imap.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), f"STORE {uid}")
+            imap_ok(imap.uid("COPY", uid, imap_quoted(self.config.move_to)), f"COPY {uid}")
+        imap_ok(imap.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), f"STORE {uid}")
         if "UIDPLUS" in imap.capabilities:  # else the CLOSE at the end expunges
-            _ok(imap.uid("EXPUNGE", uid), f"UID EXPUNGE {uid}")
+            imap_ok(imap.uid("EXPUNGE", uid), f"UID EXPUNGE {uid}")
 
     def _record(self, outcome: str, fields: dict[str, Any], reason: str | None = None) -> None:
         self.counts[outcome] += 1

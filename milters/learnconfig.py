@@ -43,7 +43,8 @@ class LearnConfig:
     source: str = "<defaults>"
 
 
-def _imap(reader: ConfigReader) -> ImapConfig:
+def read_imap(reader: ConfigReader) -> ImapConfig:
+    """An `imap:` section: how an admin job logs in to Cyrus (learn, quota)."""
     d = ImapConfig()
     security = reader.choice("security", d.security, SECURITY)
     default_port = 993 if security == "tls" else 143
@@ -73,7 +74,7 @@ def _imap(reader: ConfigReader) -> ImapConfig:
 def parse_learn_config(source: str, data: object) -> LearnConfig:
     top = ConfigReader(source, data)
     d = LearnConfig()
-    imap = _imap(top.section("imap"))
+    imap = read_imap(top.section("imap"))
     spamd = top.section("spamd")
     backends = []
     for text in spamd.text_list("backends", [str(a) for a in d.spamd]):

@@ -19,7 +19,7 @@ import ldap.filter
 from milters.policy.config import AliasConfig, LdapConfig
 from milters.policy.decide import User
 
-__all__ = ["DirectoryUnavailable", "LdapDirectory", "user_filter"]
+__all__ = ["DirectoryUnavailable", "LdapDirectory", "open_connection", "user_filter"]
 
 
 class DirectoryUnavailable(Exception):
@@ -151,30 +151,34 @@ class LdapDirectory:
         self._unbind(conn)
 
     def _connect(self) -> Any:
-        c = self.config
-        try:
-            conn = ldap.initialize(c.uri)
-            conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-            conn.set_option(ldap.OPT_REFERRALS, 0)
-            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, c.timeout)
-            conn.set_option(ldap.OPT_TIMEOUT, c.timeout)
-            if c.tls_ca_file:
-                conn.set_option(ldap.OPT_X_TLS_CACERTFILE, c.tls_ca_file)
-                conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
-                conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
-            if c.starttls:
-                conn.start_tls_s()
-            if c.bind_dn is not None:
-                password = c.bind_password.reveal() if c.bind_password is not None else ""
-                conn.simple_bind_s(c.bind_dn, password)
-        except ldap.LDAPError as exc:
-            raise DirectoryUnavailable(f"{c.uri}: {_describe(exc)}") from exc
-        return conn
+        return open_connection(self.config)
 
     @staticmethod
     def _unbind(conn: Any) -> None:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
+
+
+def open_connection(c: LdapConfig) -> Any:
+    """A bound connection with the section's timeouts and TLS settings."""
+    try:
+        conn = ldap.initialize(c.uri)
+        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
+        conn.set_option(ldap.OPT_REFERRALS, 0)
+        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, c.timeout)
+        conn.set_option(ldap.OPT_TIMEOUT, c.timeout)
+        if c.tls_ca_file:
+            conn.set_option(ldap.OPT_X_TLS_CACERTFILE, c.tls_ca_file)
+            conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
+            conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+        if c.starttls:
+            conn.start_tls_s()
+        if c.bind_dn is not None:
+            password = c.bind_password.reveal() if c.bind_password is not None else ""
+            conn.simple_bind_s(c.bind_dn, password)
+    except ldap.LDAPError as exc:
+        raise DirectoryUnavailable(f"{c.uri}: {_describe(exc)}") from exc
+    return conn
 
 
 def _describe(exc: BaseException) -> str:

@@ -573,19 +573,109 @@ def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
         yield imap
 
 
-def test_over_quota_mail_is_refused_and_kept_by_the_sender(
-    deployed: dict[str, Any], admin: imaplib.IMAP4_SSL
+def set_quota_in_ldap(uid: str, kib: int | None) -> None:
+    """What an admin does: change the member's mailQuotaKiB in LDAP (here as root on ldapi)."""
+    change = (
+        f"replace: mailQuotaKiB\nmailQuotaKiB: {kib}\n"
+        if kib is not None
+        else "delete: mailQuotaKiB\n"
+    )
+    dn = f"uid={uid},ou=people,dc=example,dc=org"
+    ldif = f"dn: {dn}\nchangetype: modify\n{change}-\n"
+    done = subprocess.run(
+        ["ldapmodify", "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///"],
+        input=ldif,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode in (0, 16), done.stderr  # 16: there was nothing to delete
+
+
+def run_quota_pass() -> str:
+    """One pass of the service mailglue-quota runs every few minutes, as its own user."""
+    done = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "mailglue",
+            "--",
+            "/opt/mailglue/venv/bin/mailglue",
+            "quota",
+            "--config",
+            "/etc/mailglue/quota.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def storage(admin: imaplib.IMAP4_SSL, mailbox: str) -> tuple[int, int] | None:
+    """(usage, limit) in KiB of the mailbox's own quota root, None without one."""
+    status, data = admin.getquotaroot(mailbox)
+    assert status == "OK", data
+    for line in data[1]:
+        match = re.match(
+            rb'"?' + re.escape(mailbox.encode()) + rb'"? \(STORAGE (\d+) (\d+)', line or b""
+        )
+        if match:
+            return int(match[1]), int(match[2])
+    return None
+
+
+@pytest.fixture
+def alice_quota_reset(deployed: dict[str, Any]) -> Iterator[None]:
+    yield
+    set_quota_in_ldap("alice", None)
+    run_quota_pass()
+
+
+def test_quota_set_in_ldap_reaches_cyrus_and_refuses_mail_over_it(
+    deployed: dict[str, Any], admin: imaplib.IMAP4_SSL, alice_quota_reset: None
 ) -> None:
     alice = person(deployed, "alice")
-    subject = f"big news {token()}"
-    status, data = admin.setquota("user.alice", "(STORAGE 1)")  # KiB: already over it
-    assert status == "OK", data
-    try:
-        tx = from_outside("sender@example.net", [alice["mail"]], subject)
-    finally:
-        admin.setquota("user.alice", "()")
+    bob = next(u for u in deployed["vars"]["ldap_users"] if u["uid"] == "bob")
+    run_quota_pass()
+    bob_limit = storage(admin, "user.bob")  # his quota_kib in the inventory, through LDAP
+    assert bob_limit is not None and bob_limit[1] == bob["quota_kib"], bob_limit
+    set_quota_in_ldap("alice", 1)  # KiB: her mailbox is already over it
+    assert "1 changed" in run_quota_pass()
+    limit = storage(admin, "user.alice")
+    assert limit is not None and limit[1] == 1, limit
+    log = Path("/var/log/mailglue/quota.log").read_text(encoding="utf-8").splitlines()
+    event = json.loads(log[-2])  # the change, then the summary
+    assert event["event"] == "quota_set" and event["user"] == "alice" and event["to_kib"] == 1
+
+    subject = f"over quota {token()}"
+    tx = from_outside("sender@example.net", [alice["mail"]], subject)
     refused = tx.rcpt[alice["mail"]] if tx.data is None else tx.data
-    assert refused.code // 100 == 4 and refused.enhanced == "4.2.2", tx  # the sender retries
+    assert refused.code == 452 and refused.enhanced == "4.2.2", tx
     assert in_folder(alice, subject, timeout=3) is None
+
+    set_quota_in_ldap("alice", None)  # back to the default: no limit
+    assert "1 changed" in run_quota_pass()
+    assert storage(admin, "user.alice") is None
     assert_delivered(from_outside("sender@example.net", [alice["mail"]], subject))  # the retry
     assert in_folder(alice, subject) is not None
+
+
+def test_a_member_near_the_quota_is_warned_when_opening_the_mailbox(
+    deployed: dict[str, Any], admin: imaplib.IMAP4_SSL, alice_quota_reset: None
+) -> None:
+    alice = person(deployed, "alice")
+    assert_delivered(from_outside("sender@example.net", [alice["mail"]], f"x {token()}"))
+    set_quota_in_ldap("alice", 10**9)
+    run_quota_pass()
+    usage = storage(admin, "user.alice")
+    assert usage is not None
+    set_quota_in_ldap("alice", usage[0] * 100 // 95 + 1)  # about 95 %: over quotawarn (90 %)
+    run_quota_pass()
+    with smoke.imap_login(alice["uid"], alice["password"]) as imap:
+        imap.select("INBOX")
+        alerts = [line for key in ("NO", "OK") for line in imap.untagged_responses.get(key, [])]
+    assert any(b"[ALERT]" in line and b"quota" in line.lower() for line in alerts), alerts

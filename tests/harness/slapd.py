@@ -17,6 +17,8 @@ PEOPLE_DN = f"ou=people,{BASE_DN}"
 ROOT_DN = f"cn=admin,{BASE_DN}"
 ROOT_PASSWORD = "ldap-admin-secret"
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "misc")  # misc: mailHost
+# mailQuotaKiB: the schema the Ansible ldap role installs
+MAILGLUE_SCHEMA = Path(__file__).parents[2] / "ansible/roles/ldap/files/mailglue.schema"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Slapd:
     def configure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         includes = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in SCHEMAS)
+        includes += f"include {MAILGLUE_SCHEMA}\n"
         self.conf_path.write_text(
             f"""\
 {includes}
