@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
+from milters.common.addresses import normal_domain
+from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
+from milters.common.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
+from milters.common.sockets import Address, AddressError, InetAddress, UnixAddress, parse_address
 
 __all__ = [
     "AliasConfig",
@@ -192,7 +193,7 @@ def _senders(reader: ConfigReader) -> SenderRules:
 
 
 def _domains(reader: ConfigReader) -> tuple[str, ...]:
-    domains = tuple(d.lower().rstrip(".") for d in reader.text_list("local_domains", ()))
+    domains = tuple(normal_domain(d) for d in reader.text_list("local_domains", ()))
     if not reader.has("local_domains") or not domains:
         reader.problem("local_domains", "is required: the domains we are final destination for")
     for domain in domains:

@@ -22,7 +22,7 @@ from lmtp_bridge import (
     Timeouts,
     parse_backend_address,
 )
-from milters.backend import Address
+from milters.common.sockets import Address
 from milters.policy.config import MailboxConfig
 from milters.policy.decide import User
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file
+from milters.common.configkit import ConfigReader, load_yaml, log_file
+from milters.common.sockets import Address, AddressError, InetAddress, parse_address
 
 SECURITY = ("tls", "starttls", "none")
 AFTER = ("delete", "move")

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.ldapconfig import LdapConfig, read_ldap
+from milters.common.addresses import normal_domain
+from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
+from milters.common.ldapconfig import LdapConfig, read_ldap
+from milters.common.sockets import Address, AddressError, InetAddress, UnixAddress, parse_address
 
 FAILURE_POLICIES = ("tempfail", "accept")
 OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
@@ -138,7 +139,7 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     d = DeliveryConfig()
     delivery = DeliveryConfig(
         mode=reader.choice("mode", d.mode, DELIVERY_MODES),
-        local_domains=tuple(x.lower().rstrip(".") for x in reader.text_list("local_domains", ())),
+        local_domains=tuple(normal_domain(x) for x in reader.text_list("local_domains", ())),
         lmtp_backend=reader.text("lmtp_backend", d.lmtp_backend),
         domain_backends={k.lower(): v for k, v in reader.mapping("domain_backends").items()},
         strict=reader.boolean("strict", d.strict),

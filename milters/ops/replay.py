@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from milters.config import MilterConfig
-from milters.headers import ClientInfo, is_owned, received_header, render
-from milters.milter_service import verdict_policy
-from milters.scan_milter import scan_fields
-from milters.scanner import Scanner, ScanReport
-from milters.shadow import ShadowVerdict, shadow_decide
-from milters.spool import Spool
+from milters.scan.config import MilterConfig
+from milters.scan.event import scan_fields, shadow_json, shadow_of
+from milters.scan.headers import ClientInfo, is_owned, received_header, render
+from milters.scan.scanner import Scanner, ScanReport
+from milters.scan.service import verdict_policy
+from milters.scan.shadow import ShadowVerdict, shadow_decide
+from milters.scan.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,19 @@ def describe(
 ) -> dict[str, Any]:
     """The decision as a JSON-ready dict, shaped like the milter's transaction event."""
     applied = verdict.applied
+    spam, virus = scan_fields(report)
     result: dict[str, Any] = {
         "sender": sender,
         "recipients": recipients,
-        **scan_fields(report),
+        "spam": spam.to_json(),
+        "virus": virus.to_json(),
         "action": applied.action.value,
         "reason": applied.reason,
         "reply": str(applied.reply) if applied.reply else "250 (accepted)",
         "headers_added": dict(applied.headers),
         "timings_ms": report.timings_ms,
     }
-    if verdict.would is not None:
-        result.update(
-            shadow=True,
-            would_action=verdict.would.action.value,
-            would_reason=verdict.would.reason,
-            would_reply=str(verdict.would.reply),
-        )
+    would = shadow_of(verdict)
+    if would is not None:
+        result.update(shadow_json(would))
     return result

@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from milters.headers import is_owned
-from milters.jsonlog import EventLog
-from milters.learnconfig import ImapConfig, LearnConfig
-from milters.replay import split_message
-from milters.spamc import SpamdError
-from milters.spamtell import MessageClass, Taught, teach
+from milters.common.jsonlog import EventLog
+from milters.learn.config import ImapConfig, LearnConfig
+from milters.ops.replay import split_message
+from milters.scan.headers import is_owned
+from milters.scanners.spamc import SpamdError
+from milters.scanners.spamtell import MessageClass, Taught, teach
 
 
 def classify(headers: list[tuple[str, str]]) -> MessageClass | None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from milters.backend import AddressError, InetAddress, parse_address
+from milters.common.sockets import AddressError, InetAddress, parse_address
 
 Number = TypeVar("Number", int, float)
 
