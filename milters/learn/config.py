@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.common.configkit import ConfigReader, load_yaml, log_file
-from milters.common.sockets import Address, AddressError, InetAddress, parse_address
+from milters.common.sockets import Address, BackendAddressError, InetAddress, parse_address
 
 SECURITY = ("tls", "starttls", "none")
 AFTER = ("delete", "move")
@@ -79,7 +79,7 @@ def parse_learn_config(source: str, data: object) -> LearnConfig:
     for text in spamd.text_list("backends", [str(a) for a in d.spamd]):
         try:
             backends.append(parse_address(text))
-        except AddressError as exc:
+        except BackendAddressError as exc:
             spamd.problem("backends", str(exc))
     timeout = spamd.seconds("timeout", d.spamd_timeout)
     user = spamd.optional_text("user")

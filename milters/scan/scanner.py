@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from milters.common.jsonlog import elapsed_ms
-from milters.common.sockets import BackendUnavailable
+from milters.common.sockets import AllBackendsFailed
 from milters.scan.config import MilterConfig
 from milters.scan.spool import Spool
 from milters.scan.verdict import (
@@ -48,7 +48,7 @@ class ScanReport:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, AllBackendsFailed):
         return f"unreachable ({exc})"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__

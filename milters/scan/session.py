@@ -18,8 +18,7 @@ from typing import Any, TypeVar, cast
 
 import Milter
 
-from lmtp_bridge import Action as FoldAction
-from lmtp_bridge import FoldDecision, Mode, fold
+from lmtp_bridge import FoldAction, FoldDecision, Mode, fold
 from milters.common.addresses import bare
 from milters.common.jsonlog import elapsed_ms
 from milters.scan.delivery import Deliverer
