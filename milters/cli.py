@@ -164,47 +164,19 @@ def _learn_once(path: str) -> int:
     return 1 if summary.counts.get("error") else 0
 
 
-def _json_number(value: object) -> object:
-    from decimal import Decimal
-
-    return float(value) if isinstance(value, Decimal) else str(value)
-
-
 def _replay(args: argparse.Namespace) -> int:
     """Scan one message file with the configured spamd/clamd and print the decision."""
-    import json
     from pathlib import Path
 
-    from milters.ops.replay import describe, replay
+    from milters.ops.replay import describe, render_decision, replay
     from milters.scan.config import load_config
-    from milters.scan.verdict import format_score
 
     config = load_config(args.config)
     raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
     recipients = args.to or ["postmaster@localhost"]
     verdict, report = replay(config, raw, args.sender, recipients)
     result = describe(verdict, report, args.sender, recipients)
-    if args.json:
-        # Decimal scores as JSON numbers, like the milter's log (jq can compare them)
-        print(json.dumps(result, default=_json_number, ensure_ascii=False))
-        return 0
-    spam = result["spam"]
-    print(f"action   {result['action']} ({result['reason']})")
-    print(f"reply    {result['reply']}")
-    if "would_action" in result:
-        print(f"shadow   would {result['would_action']}: {result['would_reply']}")
-    if "score" in spam:
-        print(f"score    {format_score(spam['score'])}")
-        from milters.ops.trace import sorted_tests
-
-        for name, score in sorted_tests(spam["tests"]):
-            print(f"         {score:>9.3f}  {name}")
-    else:
-        print(f"spam     not scored: {spam.get('reason')}")
-    virus = result["virus"]
-    print(f"virus    {virus.get('found') or virus.get('reason') or 'clean'}")
-    for name, value in result["headers_added"].items():
-        print(f"header   {name}: {value}")
+    print(render_decision(result, as_json=args.json))
     return 0
 
 
