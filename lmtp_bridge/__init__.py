@@ -20,24 +20,32 @@ from lmtp_bridge.client import (
     Timeouts,
     Timings,
 )
-from lmtp_bridge.fold import Action, FoldDecision, Mode, RecipientLog, RecipientOutcome, Rule, fold
+from lmtp_bridge.fold import (
+    FoldAction,
+    FoldDecision,
+    Mode,
+    RecipientLog,
+    RecipientOutcome,
+    Rule,
+    fold,
+)
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
-from lmtp_bridge.protocol import AddressError, RecipientReply, Stage
+from lmtp_bridge.protocol import MailAddressError, RecipientReply, Stage
 from lmtp_bridge.replies import MalformedReply, Reply, ReplyParser
 from lmtp_bridge.routing import NoRoute, RoutePlan, Router
 
 __all__ = [
-    "Action",
-    "AddressError",
     "BackendAddress",
     "BackendAddressError",
     "BackendProtocolError",
     "BackendTimeout",
     "BackendUnavailable",
     "DeliveryResult",
+    "FoldAction",
     "FoldDecision",
     "InetAddress",
     "LmtpClient",
+    "MailAddressError",
     "MalformedReply",
     "Mode",
     "NoRoute",

@@ -6,6 +6,7 @@ The same spelling an admin already writes in main.cf (`lmtp:unix:/run/cyrus/sock
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 __all__ = [
@@ -85,3 +86,25 @@ def _parse_inet(text: str, rest: str) -> InetAddress:
             f"backend address {text!r}: port must be a number 1-65535, got {port_text!r}"
         )
     return InetAddress(host, int(port_text))
+
+
+def connect(address: BackendAddress, timeout: float, *, nodelay: bool = False) -> socket.socket:
+    """A connected socket to one backend (`timeout` also set on it), or OSError.
+
+    The one copy for every backend mailglue talks to (LMTP here; spamd, clamd and the milter's
+    own listener through `milters.common.sockets`), kept in `lmtp_bridge` because that package
+    may import nothing from `milters`. `nodelay` for protocols that pipeline small commands.
+    """
+    if isinstance(address, UnixAddress):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    if nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

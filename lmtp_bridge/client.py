@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
-from lmtp_bridge.address import BackendAddress, InetAddress, UnixAddress, parse_backend_address
+from lmtp_bridge.address import BackendAddress, connect, parse_backend_address
 from lmtp_bridge.body import BodyEncoder, has_8bit
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
 from lmtp_bridge.protocol import (
@@ -73,11 +73,28 @@ class BackendUnavailable(Exception):
 
     reason = NotAttemptedReason.UNREACHABLE
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str = "",
+        partial: Mapping[str, RecipientReply] | None = None,
+        after_data: bool = False,
+    ) -> None:
         super().__init__(message)
-        self.backend = ""
-        self.partial: dict[str, RecipientReply] = {}
-        self.after_data = False
+        self.message = message
+        self.backend = backend
+        self.partial: dict[str, RecipientReply] = dict(partial or {})
+        self.after_data = after_data
+
+    def at(
+        self,
+        backend: str,
+        partial: Mapping[str, RecipientReply] | None = None,
+        after_data: bool = False,
+    ) -> BackendUnavailable:
+        """The same failure (same class), now naming the backend and what it had answered."""
+        return type(self)(self.message, backend=backend, partial=partial, after_data=after_data)
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -282,7 +299,7 @@ class LmtpClient:
         `message` is bytes or a binary file read from its current position in chunks (a
         seekable file is scanned once first for 8-bit bytes unless `eight_bit` is given; an
         unseekable one is declared 8-bit when the server offers 8BITMIME). `deadline` is a
-        `time.monotonic()` value that caps every stage's timeout. Raises `AddressError` before
+        `time.monotonic()` value that caps every stage's timeout. Raises `MailAddressError` before
         any I/O for an address that cannot be sent, `BackendUnavailable`/`BackendTimeout` as
         described in the module docstring.
         """
@@ -332,10 +349,7 @@ class LmtpClient:
             self._drop()
             if reused is _Reuse.TRUSTED and not heard and not isinstance(exc, BackendTimeout):
                 raise _StaleConnection from exc
-            exc.backend = str(self.address)
-            exc.partial = tx.decided
-            exc.after_data = tx.phase is Phase.FINAL
-            raise
+            raise exc.at(str(self.address), tx.decided, tx.phase is Phase.FINAL) from exc
         except BaseException:
             self._drop()  # e.g. the message file failed mid-DATA: the server must not deliver
             raise
@@ -383,8 +397,7 @@ class LmtpClient:
             rset_reply = conn.read_reply(timeout, "RSET")
         except BackendUnavailable as exc:
             self._drop()
-            exc.backend = str(self.address)
-            raise
+            raise exc.at(str(self.address)) from exc
         except BaseException:
             self._drop()
             raise
@@ -402,8 +415,7 @@ class LmtpClient:
             return conn.read_reply(timeout, "NOOP")
         except BackendUnavailable as exc:
             self._drop()
-            exc.backend = str(self.address)
-            raise
+            raise exc.at(str(self.address)) from exc
 
     def _limit(self, timeout: float, deadline: float | None) -> float:
         if deadline is None:
@@ -450,14 +462,13 @@ class LmtpClient:
         try:
             self._conn = self._connect(deadline)
         except BackendUnavailable as exc:
-            exc.backend = str(self.address)
-            raise
+            raise exc.at(str(self.address)) from exc
         return self._conn, _Reuse.NEW
 
     def _connect(self, deadline: float | None) -> _Connection:
         timeout = self._limit(self.timeouts.connect, deadline)
         try:
-            sock = _open_socket(self.address, timeout)
+            sock = connect(self.address, timeout, nodelay=True)
         except TimeoutError:
             raise BackendTimeout(f"connect did not complete within {timeout:g}s") from None
         except OSError as exc:
@@ -491,22 +502,6 @@ class LmtpClient:
             while chunk := message.read(self.chunk_size):
                 conn.send(encoder.feed(chunk), self._limit(self.timeouts.data, deadline), "body")
         conn.send(encoder.finish(), self._limit(self.timeouts.data, deadline), "end of data")
-
-
-def _open_socket(address: BackendAddress, timeout: float) -> socket.socket:
-    if isinstance(address, UnixAddress):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address.path)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    assert isinstance(address, InetAddress)
-    sock = socket.create_connection((address.host, address.port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def _size_of(message: bytes | BinaryIO) -> int | None:

@@ -40,7 +40,7 @@ from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
 from lmtp_bridge.replies import Reply
 
 __all__ = [
-    "Action",
+    "FoldAction",
     "FoldDecision",
     "Mode",
     "RecipientLog",
@@ -59,7 +59,7 @@ class Mode(StrEnum):
     STRICT = "strict"
 
 
-class Action(StrEnum):
+class FoldAction(StrEnum):
     """The milter's end-of-message action."""
 
     DISCARD = "discard"
@@ -112,7 +112,7 @@ class RecipientLog:
 class FoldDecision:
     """What the milter does at end of message, and the record of why."""
 
-    action: Action
+    action: FoldAction
     rule: Rule
     reply: Reply | None  # for TEMPFAIL/REJECT; None means Postfix's own 250
     delete_recipients: tuple[str, ...]  # bare addresses (the milter adds the <> for delrcpt)
@@ -211,7 +211,7 @@ class _Fold:
         if n_del == n_local:
             if not self.others:
                 return self._make(
-                    Action.DISCARD,
+                    FoldAction.DISCARD,
                     Rule.ALL_DELIVERED,
                     None,
                     f"delivered to all {_plural(n_local, 'local recipient')}, nothing left to "
@@ -243,7 +243,7 @@ class _Fold:
             text += f" ({len(self.transient)} recipients deferred, first shown)"
         extra = f", {len(self.permanent)} refused permanently" if self.permanent else ""
         return self._make(
-            Action.TEMPFAIL,
+            FoldAction.TEMPFAIL,
             Rule.NOTHING_DELIVERED_TRANSIENT,
             Reply.make(451, _tempfail_enhanced(outcome), text),
             f"nothing delivered: {_plural(len(self.transient), 'local recipient')} temporarily "
@@ -273,7 +273,7 @@ class _Fold:
         if self.others:
             why += "; strict mode refuses the non-local recipients with them"
         enhanced = first.enhanced or f"{first.code // 100}.0.0"
-        return self._make(Action.REJECT, rule, Reply.make(first.code, enhanced, text), why)
+        return self._make(FoldAction.REJECT, rule, Reply.make(first.code, enhanced, text), why)
 
     def _mixed_strict(self) -> FoldDecision:
         failed = [r for r in self.outcomes if r not in self.delivered]
@@ -287,7 +287,7 @@ class _Fold:
         )
         enhanced = _tempfail_enhanced(outcome if not _is_permanent(outcome) else None)
         return self._make(
-            Action.TEMPFAIL,
+            FoldAction.TEMPFAIL,
             Rule.MIXED,
             Reply.make(451, enhanced, text),
             f"partial delivery in strict mode: tempfail; {len(self.delivered)} already "
@@ -295,14 +295,14 @@ class _Fold:
         )
 
     def _accept(self, rule: Rule, why: str) -> FoldDecision:
-        return self._make(Action.ACCEPT, rule, None, why)
+        return self._make(FoldAction.ACCEPT, rule, None, why)
 
-    def _make(self, action: Action, rule: Rule, reply: Reply | None, why: str) -> FoldDecision:
+    def _make(self, action: FoldAction, rule: Rule, reply: Reply | None, why: str) -> FoldDecision:
         rest = {
-            Action.DISCARD: RecipientOutcome.LEFT_TO_QUEUE,  # unused: all delivered
-            Action.ACCEPT: RecipientOutcome.LEFT_TO_QUEUE,
-            Action.TEMPFAIL: RecipientOutcome.DEFERRED,
-            Action.REJECT: RecipientOutcome.REJECTED,
+            FoldAction.DISCARD: RecipientOutcome.LEFT_TO_QUEUE,  # unused: all delivered
+            FoldAction.ACCEPT: RecipientOutcome.LEFT_TO_QUEUE,
+            FoldAction.TEMPFAIL: RecipientOutcome.DEFERRED,
+            FoldAction.REJECT: RecipientOutcome.REJECTED,
         }[action]
         logs = [
             RecipientLog(
@@ -314,5 +314,5 @@ class _Fold:
             for r, o in self.outcomes.items()
         ]
         logs += [RecipientLog(r, False, rest, "") for r in self.others]
-        delete = tuple(self.delivered) if action is Action.ACCEPT else ()
+        delete = tuple(self.delivered) if action is FoldAction.ACCEPT else ()
         return FoldDecision(action, rule, reply, delete, tuple(logs), why)

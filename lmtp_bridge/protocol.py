@@ -20,9 +20,9 @@ __all__ = [
     "NOOP",
     "QUIT",
     "RSET",
-    "AddressError",
     "Capabilities",
     "Envelope",
+    "MailAddressError",
     "Phase",
     "RecipientReply",
     "Stage",
@@ -43,7 +43,7 @@ QUIT = b"QUIT\r\n"
 _FORBIDDEN = frozenset("\r\n\0<>")
 
 
-class AddressError(ValueError):
+class MailAddressError(ValueError):
     """An address that cannot be put on the wire without changing the command's meaning."""
 
 
@@ -52,13 +52,13 @@ def quote_address(address: str, *, allow_empty: bool = False) -> str:
     bad = sorted(_FORBIDDEN.intersection(address))
     if bad:
         shown = ", ".join(repr(c) for c in bad)
-        raise AddressError(
+        raise MailAddressError(
             f"address {address!r} contains {shown}; pass the bare address without angle brackets"
         )
     if not address and not allow_empty:
-        raise AddressError("empty address: only the sender may be <> (the null sender)")
+        raise MailAddressError("empty address: only the sender may be <> (the null sender)")
     if address != address.strip():
-        raise AddressError(f"address {address!r} has leading or trailing whitespace")
+        raise MailAddressError(f"address {address!r} has leading or trailing whitespace")
     return f"<{address}>"
 
 

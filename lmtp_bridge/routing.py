@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lmtp_bridge.address import BackendAddress, BackendAddressError, parse_backend_address
+from lmtp_bridge.domains import normal_domain
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason
 
 __all__ = ["LMTP_PORT", "NoRoute", "Override", "RoutePlan", "Router", "mail_host_backend"]
@@ -71,7 +72,7 @@ class Router:
         override: Override | None = None,
     ) -> None:
         self.default = _as_address(default) if default is not None else None
-        self.domains = {d.lower().rstrip("."): _as_address(a) for d, a in (domains or {}).items()}
+        self.domains = {normal_domain(d): _as_address(a) for d, a in (domains or {}).items()}
         self.override = override
 
     def route(self, recipient: str) -> BackendAddress | NoRoute:
@@ -91,7 +92,7 @@ class Router:
                     return NoRoute(recipient, f"per-recipient backend is unusable: {exc}")
         _, at, domain = recipient.rpartition("@")
         if at:
-            found = self.domains.get(domain.lower().rstrip("."))
+            found = self.domains.get(normal_domain(domain))
             if found is not None:
                 return found
         if self.default is not None:

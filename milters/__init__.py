@@ -1,0 +1,17 @@
+"""mailglue's daemons and tools, one room (subpackage) per role:
+
+- `common`: what every room may use: configuration kit, JSON event log, daemon lifecycle,
+  sockets, LDAP settings, secrets, mail addresses, SMTP replies, Prometheus plumbing;
+- `scanners`: the spamd (check and learn) and clamd clients;
+- `scan`: the scan milter: pure verdict, headers, shadow mode, its typed transaction event,
+  session callbacks, spool, LMTP delivery, daemon, metrics, config;
+- `policy`: the Postfix policy service;
+- `ops`: reading the logs back: `trace`, `tail`, and `replay` of one message;
+- `learn`: teaching spamd from the LearnSpam folder;
+- `quota`: copying each member's mailbox quota from LDAP into Cyrus.
+
+`cli` parses `mailglue SUBCOMMAND` and dispatches. The rule (tests/unit/test_rooms.py):
+`common` imports no other room; `ops`, `learn` and `quota` never load the milter session or
+pymilter;
+`lmtp_bridge` imports nothing from `milters`.
+"""

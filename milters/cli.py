@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from milters.configkit import ConfigError
+from milters.common.configkit import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _milter(args: argparse.Namespace) -> int:
-    from milters.config import load_config
-    from milters.scan_milter import run
+    from milters.scan.config import load_config
+    from milters.scan.daemon import run
 
     run(load_config(args.config))
     return 0
@@ -30,7 +30,7 @@ def _policy(args: argparse.Namespace) -> int:
 def _config_kind(path: str) -> str:
     """Which daemon's file: a policy config has a top-level `policy:` section, a quota config
     a `quota:` section, a learn config an `imap:` one; anything else is a milter config."""
-    from milters.configkit import load_yaml
+    from milters.common.configkit import load_yaml
 
     _, data = load_yaml(path)
     if isinstance(data, dict):
@@ -51,7 +51,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
         config: object = load_policy_config(args.config)
     elif kind == "learn":
-        from milters.learnconfig import load_learn_config
+        from milters.learn.config import load_learn_config
 
         learn = load_learn_config(args.config)
         config = dataclasses.replace(
@@ -65,7 +65,7 @@ def _check_config(args: argparse.Namespace) -> int:
             quota, imap=dataclasses.replace(quota.imap, password="********")
         )
     else:
-        from milters.config import load_config
+        from milters.scan.config import load_config
 
         config = load_config(args.config)
     assert dataclasses.is_dataclass(config) and not isinstance(config, type)
@@ -74,7 +74,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _log_sources(files: Sequence[str]) -> list[str]:
-    from milters.logread import configured_logs
+    from milters.ops.logread import configured_logs
 
     sources = list(files) or configured_logs()
     if not sources:
@@ -89,8 +89,8 @@ def _trace(args: argparse.Namespace) -> int:
     import json
     from datetime import UTC, datetime
 
-    from milters.logread import in_window, parse_time, read_events
-    from milters.trace import find, render
+    from milters.ops.logread import in_window, parse_time, read_events
+    from milters.ops.trace import find, render
 
     now = datetime.now(UTC)
     try:
@@ -118,8 +118,8 @@ def _tail(args: argparse.Namespace) -> int:
     """Follow the milter's log, one line per transaction."""
     from pathlib import Path
 
-    from milters.logread import parse_events
-    from milters.tail import follow, tail_line, wanted
+    from milters.ops.logread import parse_events
+    from milters.ops.tail import follow, tail_line, wanted
 
     color = sys.stdout.isatty()
     if args.file == "-":
@@ -150,9 +150,9 @@ def _learn(args: argparse.Namespace) -> int:
 def _learn_once(path: str) -> int:
     import imaplib
 
-    from milters.jsonlog import EventLog
-    from milters.learn import Learner
-    from milters.learnconfig import load_learn_config
+    from milters.common.jsonlog import EventLog
+    from milters.learn.config import load_learn_config
+    from milters.learn.learner import Learner
 
     try:
         config = load_learn_config(path)
@@ -178,47 +178,19 @@ def _quota(args: argparse.Namespace) -> int:
     return run(args.config, every=args.every, dry_run=args.dry_run)
 
 
-def _json_number(value: object) -> object:
-    from decimal import Decimal
-
-    return float(value) if isinstance(value, Decimal) else str(value)
-
-
 def _replay(args: argparse.Namespace) -> int:
     """Scan one message file with the configured spamd/clamd and print the decision."""
-    import json
     from pathlib import Path
 
-    from milters.config import load_config
-    from milters.replay import describe, replay
-    from milters.verdict import format_score
+    from milters.ops.replay import describe, render_decision, replay
+    from milters.scan.config import load_config
 
     config = load_config(args.config)
     raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
     recipients = args.to or ["postmaster@localhost"]
     verdict, report = replay(config, raw, args.sender, recipients)
     result = describe(verdict, report, args.sender, recipients)
-    if args.json:
-        # Decimal scores as JSON numbers, like the milter's log (jq can compare them)
-        print(json.dumps(result, default=_json_number, ensure_ascii=False))
-        return 0
-    spam = result["spam"]
-    print(f"action   {result['action']} ({result['reason']})")
-    print(f"reply    {result['reply']}")
-    if "would_action" in result:
-        print(f"shadow   would {result['would_action']}: {result['would_reply']}")
-    if "score" in spam:
-        print(f"score    {format_score(spam['score'])}")
-        from milters.trace import sorted_tests
-
-        for name, score in sorted_tests(spam["tests"]):
-            print(f"         {score:>9.3f}  {name}")
-    else:
-        print(f"spam     not scored: {spam.get('reason')}")
-    virus = result["virus"]
-    print(f"virus    {virus.get('found') or virus.get('reason') or 'clean'}")
-    for name, value in result["headers_added"].items():
-        print(f"header   {name}: {value}")
+    print(render_decision(result, as_json=args.json))
     return 0
 
 

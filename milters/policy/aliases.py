@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from milters.common.addresses import domain_of
+
 __all__ = ["MAX_DEPTH", "Expansion", "expand"]
 
 MAX_DEPTH = 8
@@ -31,10 +33,6 @@ class Expansion:
 
 def _normal(address: str) -> str:
     return address.strip().strip("<>").lower().rstrip(".")
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2]
 
 
 def expand(
@@ -57,7 +55,7 @@ def expand(
             member = _normal(raw)
             if not member:
                 continue
-            if "@" not in member or _domain(member) not in local_domains:
+            if "@" not in member or domain_of(member) not in local_domains:
                 remote[member] = None
                 continue
             if member in path:

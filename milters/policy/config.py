@@ -12,9 +12,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
+from milters.common.addresses import normal_domain
+from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
+from milters.common.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
+from milters.common.sockets import (
+    Address,
+    BackendAddressError,
+    InetAddress,
+    UnixAddress,
+    parse_address,
+)
 
 __all__ = [
     "AliasConfig",
@@ -108,7 +115,7 @@ def _mailbox(reader: ConfigReader) -> MailboxConfig:
     lmtp = d.lmtp
     try:
         lmtp = parse_address(lmtp_text)
-    except AddressError as exc:
+    except BackendAddressError as exc:
         reader.problem("lmtp", str(exc))
     template = reader.text("probe_recipient", d.probe_recipient)
     try:
@@ -192,7 +199,7 @@ def _senders(reader: ConfigReader) -> SenderRules:
 
 
 def _domains(reader: ConfigReader) -> tuple[str, ...]:
-    domains = tuple(d.lower().rstrip(".") for d in reader.text_list("local_domains", ()))
+    domains = tuple(normal_domain(d) for d in reader.text_list("local_domains", ()))
     if not reader.has("local_domains") or not domains:
         reader.problem("local_domains", "is required: the domains we are final destination for")
     for domain in domains:
@@ -208,7 +215,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
     listen = policy.text("listen", d.listen)
     try:
         parse_address(listen)
-    except AddressError as exc:
+    except BackendAddressError as exc:
         policy.problem("listen", str(exc))
     # Like Postfix's recipient_delimiter: each character separates an address extension.
     delimiter = policy.optional_text("recipient_delimiter") or ""

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
+from milters.common.addresses import base_address, domain_of
 from milters.policy.aliases import Expansion
 from milters.policy.config import RateLimitConfig, RateLimits, SenderRules
 from milters.policy.ratelimit import RateExceeded
@@ -30,7 +31,6 @@ __all__ = [
     "Plan",
     "User",
     "apply_rate",
-    "base_address",
     "decide",
     "plan",
     "rate_key",
@@ -130,22 +130,6 @@ class Decision:
         return self.action == DUNNO
 
 
-def base_address(address: str, delimiter: str) -> str:
-    """Lower-cased address without its extension (`alice+lists@x` -> `alice@x`)."""
-    local, at, domain = address.strip().rpartition("@")
-    if not at:
-        local, domain = domain, ""
-    if delimiter:
-        cut = min((i for i in (local.find(c) for c in delimiter) if i > 0), default=-1)
-        if cut > 0:
-            local = local[:cut]
-    return f"{local}@{domain.rstrip('.')}".lower() if at else local.lower()
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
-
-
 def _in_networks(address: str, networks: Collection[IPv4Network | IPv6Network]) -> bool:
     try:
         ip = ip_address(address)
@@ -178,7 +162,7 @@ def plan(
         elif (
             sender
             and rules.local_requires_login
-            and _domain(sender) in local_domains
+            and domain_of(sender) in local_domains
             and not _in_networks(request.get("client_address", ""), rules.trusted_networks)
         ):
             result = Plan(unauthenticated_local_sender=True)
@@ -187,7 +171,7 @@ def plan(
         context != "sender"
         and request.get("protocol_state", "").upper() == "RCPT"
         and "@" in recipient
-        and _domain(recipient) in local_domains
+        and domain_of(recipient) in local_domains
     ):
         result = replace(result, recipient=base_address(recipient, delimiter))
     return result

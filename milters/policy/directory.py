@@ -16,14 +16,11 @@ from typing import Any
 import ldap
 import ldap.filter
 
+from milters.common.ldapconn import DirectoryUnavailable, describe, open_connection
 from milters.policy.config import AliasConfig, LdapConfig
 from milters.policy.decide import User
 
 __all__ = ["DirectoryUnavailable", "LdapDirectory", "open_connection", "user_filter"]
-
-
-class DirectoryUnavailable(Exception):
-    """LDAP could not give a trustworthy answer (down, slow, refused the bind, ambiguous data)."""
 
 
 Entries = list[tuple[str, dict[str, list[bytes]]]]
@@ -108,11 +105,11 @@ class LdapDirectory:
             except ldap.SERVER_DOWN as exc:
                 self._unbind(conn)
                 if attempt == 2:
-                    raise DirectoryUnavailable(f"{self.config.uri}: {_describe(exc)}") from exc
+                    raise DirectoryUnavailable(f"{self.config.uri}: {describe(exc)}") from exc
                 continue  # a pooled connection the server had dropped: once more, fresh
             except ldap.LDAPError as exc:
                 self._unbind(conn)
-                raise DirectoryUnavailable(f"{self.config.uri}: {_describe(exc)}") from exc
+                raise DirectoryUnavailable(f"{self.config.uri}: {describe(exc)}") from exc
             self._release(conn)
             return [(dn, found) for dn, found in result if dn is not None]  # skip referrals
         raise AssertionError("unreachable")
@@ -157,34 +154,3 @@ class LdapDirectory:
     def _unbind(conn: Any) -> None:
         with contextlib.suppress(ldap.LDAPError):
             conn.unbind_s()
-
-
-def open_connection(c: LdapConfig) -> Any:
-    """A bound connection with the section's timeouts and TLS settings."""
-    try:
-        conn = ldap.initialize(c.uri)
-        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, c.timeout)
-        conn.set_option(ldap.OPT_TIMEOUT, c.timeout)
-        if c.tls_ca_file:
-            conn.set_option(ldap.OPT_X_TLS_CACERTFILE, c.tls_ca_file)
-            conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
-            conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
-        if c.starttls:
-            conn.start_tls_s()
-        if c.bind_dn is not None:
-            password = c.bind_password.reveal() if c.bind_password is not None else ""
-            conn.simple_bind_s(c.bind_dn, password)
-    except ldap.LDAPError as exc:
-        raise DirectoryUnavailable(f"{c.uri}: {_describe(exc)}") from exc
-    return conn
-
-
-def _describe(exc: BaseException) -> str:
-    """python-ldap puts a dict in args[0]; keep its human parts."""
-    info = exc.args[0] if exc.args else None
-    if isinstance(info, dict):
-        parts = [str(info.get(k)) for k in ("desc", "info") if info.get(k)]
-        return f"{type(exc).__name__}: {'; '.join(parts)}"
-    return f"{type(exc).__name__}: {exc}"

@@ -16,13 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from lmtp_bridge import (
-    AddressError,
     BackendUnavailable,
     LmtpClient,
+    MailAddressError,
     Timeouts,
     parse_backend_address,
 )
-from milters.backend import Address
+from milters.common.sockets import Address
 from milters.policy.config import MailboxConfig
 from milters.policy.decide import User
 
@@ -78,7 +78,7 @@ class LmtpProbe:
     def probe(self, recipient: str) -> bool:
         try:
             reply = self._client().probe(recipient, deadline=time.monotonic() + self.timeout)
-        except AddressError:
+        except MailAddressError:
             return False  # no mailbox can be named like that; nothing was sent
         except BackendUnavailable as exc:
             raise MailboxUnavailable(str(exc)) from exc

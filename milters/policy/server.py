@@ -22,17 +22,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from milters.backend import UnixAddress, parse_address
-from milters.configkit import ConfigError
-from milters.jsonlog import EventLog
-from milters.metrics import PolicyMetrics
-from milters.metrics import serve as serve_metrics
+from milters.common.configkit import ConfigError
+from milters.common.jsonlog import EventLog
+from milters.common.prometheus import serve as serve_metrics
+from milters.common.sockets import UnixAddress, parse_address
 from milters.policy.aliases import MAX_DEPTH, Expansion
 from milters.policy.config import PolicyConfig, load_policy_config
 from milters.policy.decide import Decision, Facts, apply_rate, decide, plan, rate_key
 from milters.policy.directory import LdapDirectory
 from milters.policy.lookups import AliasRules, Backends, Gathered, gather
 from milters.policy.mailbox import MailboxChecker
+from milters.policy.metrics import PolicyMetrics
 from milters.policy.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
 from milters.policy.ratelimit import RateLimiter
 

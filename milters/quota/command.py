@@ -7,9 +7,9 @@ import imaplib
 import sys
 import time
 
-from milters.configkit import ConfigError
-from milters.jsonlog import EventLog
-from milters.policy.directory import DirectoryUnavailable
+from milters.common.configkit import ConfigError
+from milters.common.jsonlog import EventLog
+from milters.common.ldapconn import DirectoryUnavailable
 from milters.quota.config import load_quota_config
 from milters.quota.sync import QuotaSync
 

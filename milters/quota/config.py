@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milters.configkit import ConfigReader, load_yaml, log_file
-from milters.ldapconfig import LdapConfig, read_ldap
-from milters.learnconfig import ImapConfig, read_imap
+from milters.common.configkit import ConfigReader, load_yaml, log_file
+from milters.common.imap import ImapConfig, read_imap
+from milters.common.ldapconfig import LdapConfig, read_ldap
 
 
 @dataclass(frozen=True)

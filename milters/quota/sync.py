@@ -10,9 +10,9 @@ from typing import Any
 
 import ldap
 
-from milters.jsonlog import EventLog
-from milters.learn import connect, imap_ok, imap_quoted
-from milters.policy.directory import open_connection
+from milters.common.imap import connect, imap_ok, imap_quoted
+from milters.common.jsonlog import EventLog
+from milters.common.ldapconn import open_connection
 from milters.quota.config import QuotaConfig
 from milters.quota.plan import (
     Change,

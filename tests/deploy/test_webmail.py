@@ -222,14 +222,20 @@ def milter_events() -> list[dict[str, Any]]:
 # --- filters, forwarding, vacation ----------------------------------------------------------------
 
 
+NEW_MEMBER_SCRIPT = Path("/etc/cyrus/sieve/default.sieve")  # what Cyrus gives a new mailbox
+
+
 @pytest.fixture
 def bob_settings_restored(deployed: dict[str, Any]) -> Iterator[None]:
-    """Bob's Sieve script as it was before the test (the web UI edits it in place)."""
+    """Bob starts with the script a new member gets (his mailbox may be older than it) and
+    gets his own back afterwards (the web UI edits it in place)."""
     bob = person(deployed, "bob")
     with ManageSieve() as sieve:
         sieve.login(bob["uid"], bob["password"])
         active = [name for name, on in sieve.scripts_with_state() if on]
         original = {name: sieve.get(name) for name in active}
+        sieve.put("default.sieve", NEW_MEMBER_SCRIPT.read_text(encoding="utf-8"))
+        sieve.activate("default.sieve")
     yield
     with ManageSieve() as sieve:
         sieve.login(bob["uid"], bob["password"])
@@ -268,12 +274,16 @@ def test_filter_forward_and_vacation_from_settings(
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "filters.png"))
 
-    # forwarding: a copy of everything to the outside
-    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve-forward")
-    wait(browser, ec.visibility_of_element_located((By.ID, "action_target"))).send_keys(OUTSIDE)
-    Select(browser.find_element(By.ID, "forward_action")).select_by_value("copy")
-    Select(browser.find_element(By.ID, "forward_status")).select_by_value("on")
+    # forwarding: a filter for all messages that sends a copy to the outside
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
+    wait(browser, ec.element_to_be_clickable(create)).click()
+    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
+    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"fwd {mark}")
+    choose_all_messages(browser)
+    Select(browser.find_element(By.ID, "action_type0")).select_by_value("redirect_copy")
+    browser.find_element(By.ID, "action_target0").send_keys(OUTSIDE)
     save_form(browser)
+    browser.switch_to.default_content()
     wait_for_script(bob, OUTSIDE)
 
     # vacation
@@ -304,23 +314,36 @@ def test_filter_forward_and_vacation_from_settings(
     replies = [r for r in remote_mx.all_containing(stranger) if b"Out of office" in r]
     assert len(replies) == 1, replies
 
-    # Junk filing still works for him: a tagged message goes to Junk
+    # tagged spam still goes to Junk, and is neither forwarded nor answered
     tagged = f"tagged {mark}"
-    inject_tagged(bob["mail"], tagged)
+    spammer = f"offers-{mark}@example.net"
+    inject_tagged(bob["mail"], tagged, sender=spammer)
     assert in_folder(bob, tagged, folder="INBOX.Junk") is not None, "tagged mail not in Junk"
+    time.sleep(3)  # a forwarded copy or a reply, if any, would have arrived by now
+    assert remote_mx.all_containing(tagged) == [], "tagged spam was forwarded"
+    assert remote_mx.all_containing(spammer) == [], "tagged spam was answered"
 
 
-def inject_tagged(recipient: str, subject: str) -> None:
+def choose_all_messages(driver: WebDriver) -> None:
+    """The filter form's "all messages" choice: a select in compact skins, a radio elsewhere."""
+    join = driver.find_element(By.NAME, "_join")
+    if join.tag_name == "select":
+        Select(join).select_by_value("any")
+    else:
+        driver.find_element(By.ID, "_any").click()
+
+
+def inject_tagged(recipient: str, subject: str, sender: str = "offers@example.net") -> None:
     """A message that carries our X-Spam-Flag: YES, as the milter writes it for 3.0 < score
     < 5.0. Submitted with Postfix's sendmail (local pickup, no milter), because the milter
     strips such headers from anything that arrives over SMTP."""
     text = (
-        f"From: <offers@example.net>\nTo: <{recipient}>\nSubject: {subject}\n"
+        f"From: <{sender}>\nTo: <{recipient}>\nSubject: {subject}\n"
         "X-Spam-Flag: YES\nX-Spam-Level: ****\n"
         "X-Spam-Status: Yes, score=4.2 required=3.0 tests=TEST=4.2\n\nspecial offer\n"
     )
     subprocess.run(
-        ["/usr/sbin/sendmail", "-f", "offers@example.net", recipient],
+        ["/usr/sbin/sendmail", "-f", sender, recipient],
         input=text.encode(),
         check=True,
         timeout=30,

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from lmtp_bridge.client import LmtpClient, Timeouts
-from lmtp_bridge.fold import Action, Rule, fold
+from lmtp_bridge.fold import FoldAction, Rule, fold
 from lmtp_bridge.protocol import Stage
 from tests.harness.cyrus import Cyrus
 
@@ -51,7 +51,7 @@ def test_per_recipient_replies_from_cyrus(cyrus: Cyrus, address: str) -> None:
     assert {u: cyrus.count(u) for u in ("alice", "bob")} == {u: n + 1 for u, n in before.items()}
 
     decision = fold(result.replies, [])
-    assert decision.action is Action.ACCEPT and decision.rule is Rule.MIXED
+    assert decision.action is FoldAction.ACCEPT and decision.rule is Rule.MIXED
     assert decision.delete_recipients == ("alice@example.org", "bob@example.org")
 
 

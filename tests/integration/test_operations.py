@@ -216,6 +216,34 @@ def test_sigterm_lets_the_transaction_in_flight_finish(
         proxy.close()
 
 
+def test_a_second_sigterm_during_the_drain_exits_at_once(
+    scan_milter_process: ScanMilter, postfix: Postfix, spamd: Spamd, cyrus: Cyrus
+) -> None:
+    milter = scan_milter_process
+    proxy = SlowProxy(spamd.address, delay=30.0)  # the drain would last as long
+    try:
+        milter.ensure({"spam": {"backends": [proxy.address]}})
+        assert milter.process is not None and milter.process.proc is not None
+        client = threading.Thread(target=lambda: submit(postfix, unique_message_id()), daemon=True)
+        client.start()
+        wait_until(lambda: proxy.connections > 0, 20, "the scan to reach spamd")
+        earlier = len(events_named(milter, "stopping"))  # the log outlives restarts
+        milter.process.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: len(events_named(milter, "stopping")) > earlier, 5, "the drain to start")
+        milter.process.proc.send_signal(signal.SIGTERM)
+        try:
+            status = milter.process.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 5 s after the second SIGTERM; its log: {milter.events()}")
+        assert status == 128 + signal.SIGTERM
+        shutdown = events_named(milter, "shutdown")[-1]
+        assert shutdown["forced"] == "SIGTERM" and shutdown["drained"] is False
+        assert shutdown["abandoned"] == 1
+    finally:
+        milter.stop()
+        proxy.close()
+
+
 # --- learning from LearnSpam -------------------------------------------------------------------
 
 LEARN_FOLDER = "LearnSpam"

@@ -10,9 +10,9 @@ from pathlib import Path
 import ldap
 import pytest
 
-from milters.jsonlog import EventLog
-from milters.ldapconfig import LdapConfig, Secret
-from milters.learnconfig import ImapConfig
+from milters.common.imap import ImapConfig
+from milters.common.jsonlog import EventLog
+from milters.common.ldapconfig import LdapConfig, Secret
 from milters.quota.config import QuotaConfig
 from milters.quota.sync import QuotaSync
 from tests.harness import cyrus as cyrus_harness

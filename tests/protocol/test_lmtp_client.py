@@ -31,7 +31,7 @@ from lmtp_bridge.client import (
     Timeouts,
 )
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason
-from lmtp_bridge.protocol import AddressError, Stage
+from lmtp_bridge.protocol import MailAddressError, Stage
 
 FAST = Timeouts(connect=2.0, command=2.0, data=5.0, final=2.0)
 
@@ -521,7 +521,7 @@ def test_nothing_listening(family: str) -> None:
 
 def test_bad_address_fails_before_any_io(serve: Serve) -> None:
     server = serve()
-    with pytest.raises(AddressError):
+    with pytest.raises(MailAddressError):
         LmtpClient(server.address).deliver("s@x", ["a@x>\r\nRCPT TO:<evil@x"], MESSAGE)
     time.sleep(0.05)
     assert server.sessions == []

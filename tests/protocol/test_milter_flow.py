@@ -16,13 +16,13 @@ from typing import Any
 import Milter
 from Milter.testctx import TestCtx
 
-from milters.config import parse_config
-from milters.jsonlog import EventLog
-from milters.milter_service import MilterService
-from milters.scan_milter import ScanMilter
-from milters.scanner import ScanReport
-from milters.spool import Spool
-from milters.verdict import Clean, Infected, SkipCause, SpamScore, Unscanned
+from milters.common.jsonlog import EventLog
+from milters.scan.config import parse_config
+from milters.scan.scanner import ScanReport
+from milters.scan.service import MilterService
+from milters.scan.session import ScanMilter
+from milters.scan.spool import Spool
+from milters.scan.verdict import Clean, Infected, SkipCause, SpamScore, Unscanned
 
 TestCtx.__test__ = False  # pymilter's class, not a test
 NO_REPLY_STEPS = (

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from milters.jsonlog import EventLog
-from milters.metrics import PolicyMetrics
+from milters.common.jsonlog import EventLog
 from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, parse_policy_config
 from milters.policy.decide import User
 from milters.policy.directory import DirectoryUnavailable
 from milters.policy.lookups import Backends
 from milters.policy.mailbox import MailboxFull
+from milters.policy.metrics import PolicyMetrics
 from milters.policy.server import PolicyServer
 
 USERS = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from milters.clamd import ClamdError, ClamdSizeLimit, frame, parse_reply
+from milters.scanners.clamd import ClamdError, ClamdSizeLimit, frame, parse_reply
 
 
 def test_clean_and_found() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from milters.backend import InetAddress, UnixAddress
-from milters.config import load_config, parse_config, pymilter_socket
-from milters.configkit import ConfigError
+from milters.common.configkit import ConfigError
+from milters.common.sockets import InetAddress, UnixAddress
+from milters.scan.config import load_config, parse_config, pymilter_socket
 
 
 def problems(data: object) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lmtp_bridge.fold import Action, Mode, RecipientOutcome, Rule, fold
+from lmtp_bridge.fold import FoldAction, Mode, RecipientOutcome, Rule, fold
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
 from lmtp_bridge.replies import Reply
 
@@ -20,7 +20,7 @@ NOROUTE = NotAttempted(NotAttemptedReason.NO_ROUTE, "backend lookup failed")
 
 DEFAULT, STRICT = Mode.DEFAULT, Mode.STRICT
 BOTH = (DEFAULT, STRICT)
-TEMPFAIL, NDT = Action.TEMPFAIL, Rule.NOTHING_DELIVERED_TRANSIENT
+TEMPFAIL, NDT = FoldAction.TEMPFAIL, Rule.NOTHING_DELIVERED_TRANSIENT
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Row:
     local: list[Outcome]  # recipient i is l{i}@local
     non_local: int
     modes: tuple[Mode, ...]
-    action: Action
+    action: FoldAction
     rule: Rule
     code: int | None  # reply code, None when Postfix answers 250 itself
     deleted: list[int]  # indexes of deleted local recipients
@@ -37,14 +37,23 @@ class Row:
 
 ROWS = [
     # 1: nothing local
-    Row("no local, no other", [], 0, BOTH, Action.ACCEPT, Rule.NO_LOCAL, None, []),
-    Row("no local, others", [], 2, BOTH, Action.ACCEPT, Rule.NO_LOCAL, None, []),
+    Row("no local, no other", [], 0, BOTH, FoldAction.ACCEPT, Rule.NO_LOCAL, None, []),
+    Row("no local, others", [], 2, BOTH, FoldAction.ACCEPT, Rule.NO_LOCAL, None, []),
     # 2: all delivered, nothing to relay
-    Row("1 delivered", [D], 0, BOTH, Action.DISCARD, Rule.ALL_DELIVERED, None, []),
-    Row("3 delivered", [D, D, D], 0, BOTH, Action.DISCARD, Rule.ALL_DELIVERED, None, []),
+    Row("1 delivered", [D], 0, BOTH, FoldAction.DISCARD, Rule.ALL_DELIVERED, None, []),
+    Row("3 delivered", [D, D, D], 0, BOTH, FoldAction.DISCARD, Rule.ALL_DELIVERED, None, []),
     # 3: all delivered, others remain
-    Row("1 delivered+1", [D], 1, BOTH, Action.ACCEPT, Rule.ALL_DELIVERED_NONLOCAL, None, [0]),
-    Row("2 delivered+3", [D, D], 3, BOTH, Action.ACCEPT, Rule.ALL_DELIVERED_NONLOCAL, None, [0, 1]),
+    Row("1 delivered+1", [D], 1, BOTH, FoldAction.ACCEPT, Rule.ALL_DELIVERED_NONLOCAL, None, [0]),
+    Row(
+        "2 delivered+3",
+        [D, D],
+        3,
+        BOTH,
+        FoldAction.ACCEPT,
+        Rule.ALL_DELIVERED_NONLOCAL,
+        None,
+        [0, 1],
+    ),
     # 4: nothing delivered, something transient
     Row("1 4xx", [T], 0, BOTH, TEMPFAIL, NDT, 451, []),
     Row("1 down", [DOWN], 0, BOTH, TEMPFAIL, NDT, 451, []),
@@ -55,27 +64,27 @@ ROWS = [
     Row("4xx+5xx", [P, T], 0, BOTH, TEMPFAIL, NDT, 451, []),
     Row("5xx+down+o", [P, DOWN], 1, BOTH, TEMPFAIL, NDT, 451, []),
     # 5: all permanent, nothing to relay
-    Row("1 5xx", [P], 0, BOTH, Action.REJECT, Rule.ALL_PERMANENT, 550, []),
-    Row("3 5xx", [P, P, P], 0, BOTH, Action.REJECT, Rule.ALL_PERMANENT, 550, []),
-    Row("5xx differ", [P2, P], 0, BOTH, Action.REJECT, Rule.ALL_PERMANENT, 552, []),
+    Row("1 5xx", [P], 0, BOTH, FoldAction.REJECT, Rule.ALL_PERMANENT, 550, []),
+    Row("3 5xx", [P, P, P], 0, BOTH, FoldAction.REJECT, Rule.ALL_PERMANENT, 550, []),
+    Row("5xx differ", [P2, P], 0, BOTH, FoldAction.REJECT, Rule.ALL_PERMANENT, 552, []),
     # 6: all permanent, others remain
-    Row("5xx+o", [P], 1, (DEFAULT,), Action.ACCEPT, Rule.ALL_PERMANENT_NONLOCAL, None, []),
-    Row("5xx+o strict", [P], 1, (STRICT,), Action.REJECT, Rule.ALL_PERMANENT_NONLOCAL, 550, []),
+    Row("5xx+o", [P], 1, (DEFAULT,), FoldAction.ACCEPT, Rule.ALL_PERMANENT_NONLOCAL, None, []),
+    Row("5xx+o strict", [P], 1, (STRICT,), FoldAction.REJECT, Rule.ALL_PERMANENT_NONLOCAL, 550, []),
     # 7: mixed
-    Row("2xx+4xx", [D, T], 0, (DEFAULT,), Action.ACCEPT, Rule.MIXED, None, [0]),
-    Row("2xx+5xx", [P, D], 0, (DEFAULT,), Action.ACCEPT, Rule.MIXED, None, [1]),
-    Row("2xx+down", [D, DOWN, D], 0, (DEFAULT,), Action.ACCEPT, Rule.MIXED, None, [0, 2]),
-    Row("2xx+4xx+5xx+o", [D, T, P], 2, (DEFAULT,), Action.ACCEPT, Rule.MIXED, None, [0]),
-    Row("2xx+4xx strict", [D, T], 0, (STRICT,), Action.TEMPFAIL, Rule.MIXED, 451, []),
-    Row("2xx+5xx strict", [D, P], 0, (STRICT,), Action.TEMPFAIL, Rule.MIXED, 451, []),
-    Row("2xx+5xx+o strict", [D, P], 1, (STRICT,), Action.TEMPFAIL, Rule.MIXED, 451, []),
+    Row("2xx+4xx", [D, T], 0, (DEFAULT,), FoldAction.ACCEPT, Rule.MIXED, None, [0]),
+    Row("2xx+5xx", [P, D], 0, (DEFAULT,), FoldAction.ACCEPT, Rule.MIXED, None, [1]),
+    Row("2xx+down", [D, DOWN, D], 0, (DEFAULT,), FoldAction.ACCEPT, Rule.MIXED, None, [0, 2]),
+    Row("2xx+4xx+5xx+o", [D, T, P], 2, (DEFAULT,), FoldAction.ACCEPT, Rule.MIXED, None, [0]),
+    Row("2xx+4xx strict", [D, T], 0, (STRICT,), FoldAction.TEMPFAIL, Rule.MIXED, 451, []),
+    Row("2xx+5xx strict", [D, P], 0, (STRICT,), FoldAction.TEMPFAIL, Rule.MIXED, 451, []),
+    Row("2xx+5xx+o strict", [D, P], 1, (STRICT,), FoldAction.TEMPFAIL, Rule.MIXED, 451, []),
 ]
 
 EXPECTED_LOCAL_OUTCOME = {
-    Action.DISCARD: RecipientOutcome.LEFT_TO_QUEUE,
-    Action.ACCEPT: RecipientOutcome.LEFT_TO_QUEUE,
-    Action.TEMPFAIL: RecipientOutcome.DEFERRED,
-    Action.REJECT: RecipientOutcome.REJECTED,
+    FoldAction.DISCARD: RecipientOutcome.LEFT_TO_QUEUE,
+    FoldAction.ACCEPT: RecipientOutcome.LEFT_TO_QUEUE,
+    FoldAction.TEMPFAIL: RecipientOutcome.DEFERRED,
+    FoldAction.REJECT: RecipientOutcome.REJECTED,
 }
 
 
@@ -93,7 +102,7 @@ def test_table(row: Row, mode: Mode) -> None:
     assert decision.rule is row.rule
     assert (decision.reply.code if decision.reply else None) == row.code
     assert decision.delete_recipients == tuple(f"l{i}@local" for i in row.deleted)
-    if decision.action in (Action.TEMPFAIL, Action.REJECT):
+    if decision.action in (FoldAction.TEMPFAIL, FoldAction.REJECT):
         assert decision.reply is not None
         assert decision.reply.text
         assert decision.delete_recipients == ()
@@ -118,7 +127,7 @@ def test_table(row: Row, mode: Mode) -> None:
 
 def test_every_rule_is_covered_by_the_table() -> None:
     assert {row.rule for row in ROWS} == set(Rule)
-    assert {row.action for row in ROWS} == set(Action)
+    assert {row.action for row in ROWS} == set(FoldAction)
 
 
 def test_all_5xx_uses_cyrus_code_and_text() -> None:
@@ -208,7 +217,7 @@ def test_input_as_pairs_and_validation() -> None:
 
 
 def test_mode_from_config_string() -> None:
-    assert fold({"a@x": D, "b@x": T}, [], Mode("strict")).action is Action.TEMPFAIL
+    assert fold({"a@x": D, "b@x": T}, [], Mode("strict")).action is FoldAction.TEMPFAIL
 
 
 def test_as_dict_is_json_ready() -> None:

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from milters.headers import (
+from milters.scan.headers import (
     ClientInfo,
     content_message_id,
     is_owned,

@@ -16,9 +16,9 @@ from lmtp_bridge.address import (
 from lmtp_bridge.body import BodyEncoder, encode_body, has_8bit
 from lmtp_bridge.protocol import (
     DATA,
-    AddressError,
     Capabilities,
     Envelope,
+    MailAddressError,
     Phase,
     RecipientReply,
     Stage,
@@ -49,25 +49,25 @@ def caps(*keywords: str) -> Capabilities:
 
 @pytest.mark.parametrize("bad", ["a\r\n@x", "a\n@x", "a\r@x", "a\0@x", "<a@x>", "a>@x", "a<@x"])
 def test_addresses_that_could_inject_are_refused(bad: str) -> None:
-    with pytest.raises(AddressError):
+    with pytest.raises(MailAddressError):
         quote_address(bad)
-    with pytest.raises(AddressError):
+    with pytest.raises(MailAddressError):
         rcpt_command(bad)
 
 
 def test_address_quoting() -> None:
     assert quote_address("alice@example.org") == "<alice@example.org>"
     assert quote_address("", allow_empty=True) == "<>"
-    with pytest.raises(AddressError, match="only the sender"):
+    with pytest.raises(MailAddressError, match="only the sender"):
         quote_address("")
-    with pytest.raises(AddressError, match="whitespace"):
+    with pytest.raises(MailAddressError, match="whitespace"):
         quote_address(" alice@example.org")
 
 
 def test_envelope_validates_everything_before_io() -> None:
-    with pytest.raises(AddressError):
+    with pytest.raises(MailAddressError):
         Envelope("a@x\r\nRSET", ("b@x",))
-    with pytest.raises(AddressError):
+    with pytest.raises(MailAddressError):
         Envelope("a@x", ("b@x", "c@x>"))
     with pytest.raises(ValueError, match="at least one"):
         Envelope("a@x", ())

@@ -12,17 +12,18 @@ from typing import Any
 
 import pytest
 
-from milters.config import parse_config
-from milters.configkit import ConfigError
-from milters.learn import classify, learnable_copy
-from milters.learnconfig import parse_learn_config
-from milters.logread import parse_time, read_events, rotated_family
-from milters.metrics import MilterMetrics, PolicyMetrics
-from milters.shadow import SHADOW_HEADER, shadow_decide
-from milters.spamtell import MessageClass, confirmed, tell_request
-from milters.tail import tail_line, wanted
-from milters.trace import assemble, find, render, sorted_tests
-from milters.verdict import (
+from milters.common.configkit import ConfigError
+from milters.learn.config import parse_learn_config
+from milters.learn.learner import classify, learnable_copy
+from milters.ops.logread import parse_time, read_events, rotated_family
+from milters.ops.tail import tail_line, wanted
+from milters.ops.trace import assemble, find, render, sorted_tests
+from milters.policy.metrics import PolicyMetrics
+from milters.scan.config import parse_config
+from milters.scan.event import TransactionEvent
+from milters.scan.metrics import MilterMetrics
+from milters.scan.shadow import SHADOW_HEADER, shadow_decide
+from milters.scan.verdict import (
     Action,
     Clean,
     Infected,
@@ -31,6 +32,7 @@ from milters.verdict import (
     Unscanned,
     VerdictPolicy,
 )
+from milters.scanners.spamtell import MessageClass, confirmed, tell_request
 
 POLICY = VerdictPolicy()
 GTUBE = SpamScore(Decimal(1000), (("GTUBE", Decimal(1000)),))
@@ -252,12 +254,13 @@ def value(metrics: MilterMetrics | PolicyMetrics, name: str, **labels: str) -> f
 
 def test_milter_metrics_follow_the_events() -> None:
     m = MilterMetrics()
-    m.observe({"action": "delivered", "spam": {"score": Decimal("2.5")},
-               "timings_ms": {"spamd": 40, "clamd": 2, "lmtp": 10, "total": 52}})  # fmt: skip
-    m.observe({"action": "tempfail", "reason": "spamd failed",
+    m.observe(TransactionEvent.from_json({"action": "delivered", "spam": {"score": Decimal("2.5")},
+               "timings_ms": {"spamd": 40, "clamd": 2, "lmtp": 10, "total": 52}}))  # fmt: skip
+    m.observe(TransactionEvent.from_json({"action": "tempfail", "reason": "spamd failed",
                "spam": {"unscanned": "failed", "reason": "time budget exhausted"},
-               "recipients": [{"reply": "not attempted: backend unreachable (x)"}]})  # fmt: skip
-    m.observe({"action": "delivered", "would_action": "reject", "spam": {"score": 1000.0}})
+               "recipients": [{"reply": "not attempted: backend unreachable (x)"}]}))  # fmt: skip
+    m.observe(TransactionEvent.from_json(
+        {"action": "delivered", "would_action": "reject", "spam": {"score": 1000.0}}))  # fmt: skip
     assert value(m, "mailglue_milter_transactions_total", action="delivered") == 2
     assert value(m, "mailglue_milter_shadow_would_total", would_action="reject") == 1
     assert value(m, "mailglue_milter_spam_score_count") == 2

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from milters.backend import InetAddress, UnixAddress
 from milters.cli import main
-from milters.configkit import ConfigError
+from milters.common.configkit import ConfigError
+from milters.common.sockets import InetAddress, UnixAddress
 from milters.policy.config import Secret, load_policy_config, parse_policy_config
 
 MINIMAL = {

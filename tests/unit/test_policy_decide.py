@@ -6,6 +6,7 @@ from ipaddress import ip_network
 
 import pytest
 
+from milters.common.addresses import base_address
 from milters.policy.aliases import Expansion
 from milters.policy.config import RateLimitConfig, RateLimits, SenderRules
 from milters.policy.decide import (
@@ -18,7 +19,6 @@ from milters.policy.decide import (
     Plan,
     User,
     apply_rate,
-    base_address,
     decide,
     plan,
     rate_key,

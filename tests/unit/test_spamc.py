@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from milters.spamc import (
+from milters.scanners.spamc import (
     SpamdError,
     build_request,
     parse_response,

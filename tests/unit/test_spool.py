@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from milters.spool import Spool, message_stream
+from milters.scan.spool import Spool, message_stream
 
 
 def test_small_stays_in_memory(tmp_path: Path) -> None:

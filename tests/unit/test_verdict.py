@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from milters.verdict import (
+from milters.scan.verdict import (
     Action,
     Clean,
     Infected,

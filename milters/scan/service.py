@@ -1,6 +1,6 @@
 """What every milter connection shares: the config, scanner, LMTP pool, log and metrics.
 
-Kept apart from the pymilter callbacks (scan_milter.py) because it also owns reload: a SIGHUP
+Kept apart from the pymilter callbacks (session.py) because it also owns reload: a SIGHUP
 swaps config, scanner and deliverer as one `Runtime`, and each transaction samples exactly one.
 """
 
@@ -11,14 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from milters.config import MilterConfig, load_config
-from milters.configkit import ConfigError
-from milters.delivery import Deliverer
-from milters.jsonlog import EventLog
-from milters.lifecycle import InFlight
-from milters.metrics import MilterMetrics
-from milters.scanner import Scanner
-from milters.verdict import VerdictPolicy
+from milters.common.configkit import ConfigError
+from milters.common.jsonlog import EventLog
+from milters.common.lifecycle import InFlight
+from milters.scan.config import MilterConfig, load_config
+from milters.scan.delivery import Deliverer
+from milters.scan.event import TransactionEvent
+from milters.scan.metrics import MilterMetrics
+from milters.scan.scanner import Scanner
+from milters.scan.verdict import VerdictPolicy
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,13 @@ class MilterService:
             return Runtime(self.config, self.scanner, self.deliverer)
 
     def emit(self, event: str, **fields: Any) -> None:
-        record = self.log.emit(event, **fields)
-        if event == "transaction" and self.metrics is not None:
-            self.metrics.observe(record)
+        self.log.emit(event, **fields)
+
+    def emit_transaction(self, event: TransactionEvent) -> None:
+        """Log a transaction and count it: the metrics are a projection of the same event."""
+        self.log.emit("transaction", **event.to_json())
+        if self.metrics is not None:
+            self.metrics.observe(event)
 
     def reload(self) -> bool:
         """Re-read and re-validate the config file (SIGHUP); a bad one is refused, logged,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from milters.backend import Address, connect_any
+from milters.common.sockets import Address, connect_any
 
 CHUNK = 256 * 1024
 MAX_REPLY_BYTES = 64 * 1024

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from milters.logread import event_time
+from milters.ops.logread import event_time
+from milters.scan.event import TransactionEvent
 
 POLICY_EVENTS = ("policy_decision", "policy")
 RCPT_WINDOW = timedelta(minutes=15)
@@ -52,11 +53,7 @@ def _lower(value: object) -> str:
 
 def recipients_of(transaction: Mapping[str, Any]) -> list[str]:
     """Bare recipient addresses, from either recipient shape the milter logs."""
-    out = []
-    for r in transaction.get("recipients") or []:
-        if isinstance(r, Mapping):
-            out.append(str(r.get("recipient") or r.get("address") or ""))
-    return out
+    return [r.address for r in TransactionEvent.from_json(transaction).recipients]
 
 
 def _policy_groups(decisions: Sequence[Event]) -> list[list[Event]]:

@@ -13,8 +13,8 @@ import enum
 import socket
 from collections.abc import Sequence
 
-from milters.backend import Address, connect_any
-from milters.spamc import PROTOCOL, SpamdError, parse_response
+from milters.common.sockets import Address, connect_any
+from milters.scanners.spamc import PROTOCOL, SpamdError, parse_response
 
 
 class MessageClass(enum.Enum):

@@ -1,4 +1,4 @@
-"""The scan milter: pymilter callbacks around the scanner and the pure verdict.
+"""The scan milter's session: pymilter callbacks around the scanner and the pure verdict.
 
 Postfix calls one `ScanMilter` per SMTP connection (libmilter runs each in its own thread).
 The callbacks only collect; everything is decided at end-of-message, where the milter
@@ -8,8 +8,6 @@ either rejects/tempfails with an explicit reply or removes forged headers and ad
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -19,14 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import Milter
-import milter as libmilter  # type: ignore[import-not-found]  # pymilter's C module
 
-from lmtp_bridge import Action as FoldAction
-from lmtp_bridge import FoldDecision, Mode, fold
-from milters.backend import connect, parse_address
-from milters.config import MilterConfig, pymilter_socket
-from milters.delivery import Deliverer
-from milters.headers import (
+from lmtp_bridge import FoldAction, FoldDecision, Mode, fold
+from milters.common.addresses import bare
+from milters.common.jsonlog import elapsed_ms
+from milters.scan.delivery import Deliverer
+from milters.scan.event import INTERNAL_ERROR, Client, Recipient, TransactionEvent
+from milters.scan.headers import (
     ClientInfo,
     content_message_id,
     is_owned,
@@ -34,20 +31,13 @@ from milters.headers import (
     received_header,
     render,
 )
-from milters.jsonlog import EventLog, elapsed_ms
-from milters.lifecycle import sd_notify, wait_listening
-from milters.metrics import MilterMetrics
-from milters.metrics import serve as serve_metrics
-from milters.milter_service import MilterService, make_deliverer, release
-from milters.scanner import Scanner, ScanReport
-from milters.shadow import ShadowVerdict, shadow_decide
-from milters.spool import Spool, message_stream
-from milters.verdict import (
+from milters.scan.scanner import ScanReport
+from milters.scan.service import MilterService
+from milters.scan.shadow import ShadowVerdict, shadow_decide
+from milters.scan.spool import Spool, message_stream
+from milters.scan.verdict import (
     Action,
-    Infected,
     SmtpReply,
-    SpamScore,
-    Unscanned,
     Verdict,
     for_our_user,
 )
@@ -70,34 +60,9 @@ def no_reply(callback: Callback) -> Callback:
     return cast(Callback, Milter.noreply(callback))
 
 
-def bare(address: str) -> str:
-    """`<Alice@Example.org>` -> `Alice@Example.org` (for logs and Received)."""
-    return address.strip().removeprefix("<").removesuffix(">")
-
-
 def milter_text(text: str) -> str:
     """libmilter treats `%` in reply texts as a format character."""
     return text.replace("%", "%%")
-
-
-def scan_fields(report: ScanReport) -> dict[str, Any]:
-    spam: dict[str, Any]
-    if isinstance(report.spam, SpamScore):
-        spam = {
-            "score": report.spam.score,
-            "tests": {name: score for name, score in report.spam.tests},
-            "precise": report.spam_precise,
-            "backend": report.spamd_backend,
-        }
-    else:
-        spam = {"unscanned": report.spam.cause.value, "reason": report.spam.reason}
-    virus: dict[str, Any]
-    if isinstance(report.virus, Unscanned):
-        virus = {"unscanned": report.virus.cause.value, "reason": report.virus.reason}
-    else:
-        name = report.virus.signature if isinstance(report.virus, Infected) else None
-        virus = {"found": name, "backend": report.clamd_backend}
-    return {"spam": spam, "virus": virus}
 
 
 class ScanMilter(Milter.Base):  # type: ignore[misc]
@@ -209,48 +174,33 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         self.rt = self.service.runtime()
         queue_id = self._macro("i")
         client = self.client_info()
-        fields: dict[str, Any] = {
-            "queue_id": queue_id,
-            "message_id": next(
+        fields = TransactionEvent(
+            queue_id=queue_id,
+            message_id=next(
                 (v.strip() for n, v in self.headers if n.lower() == "message-id"), None
             ),
-            "client": {
-                "addr": client.addr,
-                "name": client.name,
-                "helo": client.helo,
-                "tls": client.tls or None,
-                "sasl_user": client.auth_user or None,
-            },
+            client=Client(
+                client.addr, client.name, client.helo, client.tls or None, client.auth_user or None
+            ),
             # outbound: one of our users, logged in (port 587, or 25 after AUTH)
-            "direction": "outbound" if client.auth_user else "inbound",
-            "sender": self.sender,
-            "recipients": [{"address": bare(r)} for r in self.recipients],
-        }
+            direction="outbound" if client.auth_user else "inbound",
+            sender=self.sender,
+            recipients=[Recipient(bare(r)) for r in self.recipients],
+        )
         try:
             if self.spool_error:
-                fields.update(
-                    action="tempfail", reason="spool write failed", error=self.spool_error
-                )
+                fields.failed("spool write failed", self.spool_error)
                 return self._reply(ERROR_REPLY, Milter.TEMPFAIL, fields)
             verdict, report = self._scan(queue_id, client)
-            fields.update(scan_fields(report))
-            fields["timings_ms"] = report.timings_ms
-            fields["size"] = self._size()
-            if verdict.would is not None:
-                assert verdict.would.reply is not None
-                fields.update(
-                    shadow=True,
-                    would_action=verdict.would.action.value,
-                    would_reason=verdict.would.reason,
-                    would_reply=str(verdict.would.reply),
-                )
+            fields.record_scan(report)
+            fields.size = self._size()
+            fields.record_shadow(verdict)
             return self._apply(verdict.applied, queue_id, fields)
         except Exception as exc:
-            fields.update(
-                action="tempfail",
-                reason="internal error",
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(limit=8),
+            fields.failed(
+                INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc}",
+                traceback.format_exc(limit=8),
             )
             return self._reply(ERROR_REPLY, Milter.TEMPFAIL, fields)
         finally:
@@ -291,16 +241,16 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         )
         return [("Message-ID", mid)]
 
-    def _apply(self, verdict: Verdict, queue_id: str, fields: dict[str, Any]) -> int:
-        fields["reason"] = verdict.reason
+    def _apply(self, verdict: Verdict, queue_id: str, fields: TransactionEvent) -> int:
+        fields.reason = verdict.reason
         if verdict.action is not Action.ACCEPT:
             assert verdict.reply is not None
             status = Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-            fields["action"] = verdict.action.value
+            fields.action = verdict.action.value
             return self._reply(verdict.reply, status, fields)
         added = [*verdict.headers, *self._missing_message_id()]
         if added[len(verdict.headers) :]:
-            fields["message_id"] = added[-1][1]
+            fields.message_id = added[-1][1]
         deliverer = self.rt.deliverer
         local = [r for r in self.recipients if deliverer and deliverer.is_local(bare(r))]
         if deliverer is None or not local:
@@ -311,7 +261,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         self,
         added: list[tuple[str, str]],
         queue_id: str,
-        fields: dict[str, Any],
+        fields: TransactionEvent,
         delete: tuple[str, ...] = (),
     ) -> int:
         """Let Postfix queue the message: our headers in, forged ones out."""
@@ -323,9 +273,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         originals = {bare(r): r for r in self.recipients}
         for recipient in delete:
             self.delrcpt(originals.get(recipient, f"<{recipient}>"))
-        fields["headers_removed"] = [name for name, _ in deletions]
-        fields["headers_added"] = dict(added)
-        fields.update(action="accept", reply=postfix_250(queue_id))
+        fields.headers_removed = [name for name, _ in deletions]
+        fields.headers_added = dict(added)
+        fields.action, fields.reply = "accept", postfix_250(queue_id)
         self._log(fields)
         return Milter.ACCEPT  # type: ignore[no-any-return]
 
@@ -335,7 +285,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         local: list[str],
         added: list[tuple[str, str]],
         queue_id: str,
-        fields: dict[str, Any],
+        fields: TransactionEvent,
     ) -> int:
         """Deliver to Cyrus now; the fold rule turns its replies into the client's reply."""
         assert self.spool is not None
@@ -354,22 +304,21 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
                     eight_bit=eight_bit,
                 )
             )
-        fields.setdefault("timings_ms", {})["lmtp"] = elapsed_ms(started)
+        fields.timings_ms["lmtp"] = elapsed_ms(started)
         non_local = [bare(r) for r in self.recipients if r not in local]
         mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
         decision = fold(delivery.outcomes, non_local, mode)
-        fields["recipients"] = [
-            {**r.as_dict(), **({"backend": b} if (b := delivery.backends.get(r.recipient)) else {})}
-            for r in decision.recipients
+        fields.recipients = [
+            Recipient.folded(r, delivery.backends.get(r.recipient)) for r in decision.recipients
         ]
-        fields["delivery"] = {"rule": decision.rule.value, "explanation": decision.explanation}
+        fields.delivery = {"rule": decision.rule.value, "explanation": decision.explanation}
         if decision.action is FoldAction.DISCARD:
-            fields.update(action="delivered", reply=postfix_250(queue_id))
+            fields.action, fields.reply = "delivered", postfix_250(queue_id)
             self._log(fields)
             return Milter.DISCARD  # type: ignore[no-any-return]
         if decision.action is FoldAction.ACCEPT:
             return self._accept(added, queue_id, fields, decision.delete_recipients)
-        fields["action"] = decision.action.value
+        fields.action = decision.action.value
         status = Milter.REJECT if decision.action is FoldAction.REJECT else Milter.TEMPFAIL
         return self._reply(fold_reply(decision), status, fields)
 
@@ -386,15 +335,15 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             except FutureTimeout:
                 self.progress()
 
-    def _reply(self, reply: SmtpReply, status: int, fields: dict[str, Any]) -> int:
+    def _reply(self, reply: SmtpReply, status: int, fields: TransactionEvent) -> int:
         self.setreply(reply.code, reply.enhanced, milter_text(reply.text))
-        fields["reply"] = str(reply)
+        fields.reply = str(reply)
         self._log(fields)
         return status
 
-    def _log(self, fields: dict[str, Any]) -> None:
-        fields.setdefault("timings_ms", {})["total"] = elapsed_ms(self.started)
-        self.service.emit("transaction", **fields)
+    def _log(self, fields: TransactionEvent) -> None:
+        fields.timings_ms["total"] = elapsed_ms(self.started)
+        self.service.emit_transaction(fields)
 
 
 def postfix_250(queue_id: str) -> str:
@@ -406,96 +355,3 @@ def fold_reply(decision: FoldDecision) -> SmtpReply:
     assert decision.reply is not None
     reply = decision.reply
     return SmtpReply(str(reply.code), reply.enhanced or f"{reply.code // 100}.0.0", reply.text)
-
-
-def stop_libmilter(listen: str) -> None:
-    """Close libmilter's listener now; sessions in progress continue.
-
-    smfi_stop() waits for a lock the listener holds during its poll() (up to 5 s), so it runs
-    in a thread of its own while a connection to the listener makes that poll() return early
-    (libmilter drops that connection unserved).
-    """
-    stopper = threading.Thread(target=libmilter.stop, name="smfi_stop", daemon=True)
-    stopper.start()
-    address = parse_address(listen)
-    while stopper.is_alive():
-        with contextlib.suppress(OSError):
-            connect(address, 0.5).close()
-        stopper.join(0.05)
-
-
-def _serve_milter(listen: str, failure: list[BaseException]) -> None:
-    """libmilter's main loop (in its own thread, see milters/lifecycle.py for why)."""
-    try:
-        Milter.runmilter("mailglue", pymilter_socket(listen), 600)
-    except BaseException as exc:
-        failure.append(exc)
-
-
-def run(config: MilterConfig) -> None:
-    """Serve until SIGTERM/SIGINT, then let transactions in flight finish (`shutdown_grace`).
-
-    SIGHUP reloads the config. With `metrics_listen`, Prometheus metrics are served too.
-    """
-    log = EventLog(config.log_file)
-    metrics = MilterMetrics() if config.metrics_listen is not None else None
-    service = MilterService(config, Scanner(config), log, make_deliverer(config), metrics=metrics)
-    Milter.factory = lambda: ScanMilter(service)
-    Milter.set_flags(MILTER_FLAGS)
-    if metrics is not None and config.metrics_listen is not None:
-        serve_metrics(config.metrics_listen, metrics.registry)
-
-    stop_requested = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        if not stop_requested.is_set():
-            stop_requested.set()
-            sd_notify("STOPPING=1")
-            service.emit(
-                "stopping",
-                daemon="milter",
-                signal=signal.Signals(signum).name,
-                in_flight=service.in_flight.count,
-            )
-            stop_libmilter(config.listen)
-
-    def reload(_signum: int, _frame: object) -> None:
-        sd_notify("RELOADING=1")
-        service.reload()
-        sd_notify("READY=1")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, reload)
-    failure: list[BaseException] = []
-    thread = threading.Thread(
-        target=_serve_milter, args=(config.listen, failure), name="libmilter", daemon=True
-    )
-    thread.start()
-    try:
-        if wait_listening(parse_address(config.listen), 60, thread):
-            service.emit(
-                "startup",
-                daemon="milter",
-                listen=config.listen,
-                config=config.source,
-                shadow=config.shadow,
-                metrics=str(config.metrics_listen) if config.metrics_listen else None,
-            )
-            sd_notify("READY=1")
-        # smfi_stop closes the listening socket at once, but smfi_main returns only at its
-        # next poll tick (up to 5 s): what we wait for is the transactions, not libmilter.
-        while thread.is_alive() and not stop_requested.is_set():
-            thread.join(0.5)
-        drained = service.in_flight.wait_idle(service.config.grace)
-        service.emit(
-            "shutdown",
-            daemon="milter",
-            drained=drained,
-            abandoned=service.in_flight.count,
-        )
-    finally:
-        release(service.runtime())
-        service.log.close()
-    if failure:
-        raise failure[0]

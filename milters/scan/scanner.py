@@ -14,14 +14,25 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from milters import clamd, spamc
-from milters.backend import BackendUnavailable
-from milters.config import MilterConfig
-from milters.jsonlog import elapsed_ms
-from milters.spool import Spool
-from milters.verdict import Clean, Infected, SkipCause, SpamCheck, SpamScore, Unscanned, VirusCheck
+from milters.common.jsonlog import elapsed_ms
+from milters.common.sockets import AllBackendsFailed
+from milters.scan.config import MilterConfig
+from milters.scan.spool import Spool
+from milters.scan.verdict import (
+    Clean,
+    Infected,
+    SkipCause,
+    SpamCheck,
+    SpamScore,
+    Unscanned,
+    VirusCheck,
+)
+from milters.scanners import clamd, spamc
 
 Result = TypeVar("Result", VirusCheck, SpamCheck)
+
+
+BUDGET_EXHAUSTED = "time budget exhausted"  # the reason of a scan the budget cut short
 
 
 @dataclass
@@ -37,7 +48,7 @@ class ScanReport:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, AllBackendsFailed):
         return f"unreachable ({exc})"
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
@@ -131,4 +142,4 @@ def _outcome(job: Future[Result], backend: str) -> Result | Unscanned:
     if job.done():
         return job.result()
     job.cancel()
-    return Unscanned(backend, SkipCause.FAILED, "time budget exhausted")
+    return Unscanned(backend, SkipCause.FAILED, BUDGET_EXHAUSTED)

@@ -11,9 +11,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, UnixAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.ldapconfig import LdapConfig, read_ldap
+from milters.common.addresses import normal_domain
+from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
+from milters.common.ldapconfig import LdapConfig, read_ldap
+from milters.common.sockets import (
+    Address,
+    BackendAddressError,
+    InetAddress,
+    UnixAddress,
+    parse_address,
+)
 
 FAILURE_POLICIES = ("tempfail", "accept")
 OVERSIZE_POLICIES = ("reject", "tempfail", "accept")
@@ -93,7 +100,7 @@ def _addresses(reader: ConfigReader, key: str, default: tuple[Address, ...]) -> 
     for text in texts:
         try:
             addresses.append(parse_address(text))
-        except AddressError as exc:
+        except BackendAddressError as exc:
             reader.problem(key, str(exc))
     if not texts:
         reader.problem(key, "needs at least one backend")
@@ -138,7 +145,7 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     d = DeliveryConfig()
     delivery = DeliveryConfig(
         mode=reader.choice("mode", d.mode, DELIVERY_MODES),
-        local_domains=tuple(x.lower().rstrip(".") for x in reader.text_list("local_domains", ())),
+        local_domains=tuple(normal_domain(x) for x in reader.text_list("local_domains", ())),
         lmtp_backend=reader.text("lmtp_backend", d.lmtp_backend),
         domain_backends={k.lower(): v for k, v in reader.mapping("domain_backends").items()},
         strict=reader.boolean("strict", d.strict),
@@ -155,7 +162,7 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     ]:
         try:
             parse_address(text)
-        except AddressError as exc:
+        except BackendAddressError as exc:
             reader.problem(key, str(exc))
     if delivery.route_attribute and delivery.ldap is None:
         reader.problem("route_attribute", "needs a delivery.ldap section to look it up in")
@@ -172,7 +179,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
     listen = milter.text("listen", d.listen)
     try:
         parse_address(listen)
-    except AddressError as exc:
+    except BackendAddressError as exc:
         milter.problem("listen", str(exc))
     hostname = milter.optional_text("hostname") or socket.getfqdn()
     time_budget = milter.seconds("time_budget", d.time_budget, minimum=1.0)

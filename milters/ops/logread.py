@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from milters.configkit import ConfigError, load_yaml
+from milters.common.configkit import ConfigError, load_yaml
 
 DEFAULT_CONFIGS = ("/etc/mailglue/milter.yaml", "/etc/mailglue/policy.yaml")
 _ROTATED = re.compile(r"^\.(\d+)(\.gz)?$")

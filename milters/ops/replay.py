@@ -13,18 +13,22 @@ milter adds one because Postfix hides its own, and without any spamd scores NO_R
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from milters.config import MilterConfig
-from milters.headers import ClientInfo, is_owned, received_header, render
-from milters.milter_service import verdict_policy
-from milters.scan_milter import scan_fields
-from milters.scanner import Scanner, ScanReport
-from milters.shadow import ShadowVerdict, shadow_decide
-from milters.spool import Spool
+from milters.common.jsonlog import json_default
+from milters.ops.trace import sorted_tests
+from milters.scan.config import MilterConfig
+from milters.scan.event import scan_fields, shadow_json, shadow_of
+from milters.scan.headers import ClientInfo, is_owned, received_header, render
+from milters.scan.scanner import Scanner, ScanReport
+from milters.scan.service import verdict_policy
+from milters.scan.shadow import ShadowVerdict, shadow_decide
+from milters.scan.spool import Spool
+from milters.scan.verdict import format_score
 
 
 @dataclass(frozen=True)
@@ -83,21 +87,39 @@ def describe(
 ) -> dict[str, Any]:
     """The decision as a JSON-ready dict, shaped like the milter's transaction event."""
     applied = verdict.applied
+    spam, virus = scan_fields(report)
     result: dict[str, Any] = {
         "sender": sender,
         "recipients": recipients,
-        **scan_fields(report),
+        "spam": spam.to_json(),
+        "virus": virus.to_json(),
         "action": applied.action.value,
         "reason": applied.reason,
         "reply": str(applied.reply) if applied.reply else "250 (accepted)",
         "headers_added": dict(applied.headers),
         "timings_ms": report.timings_ms,
     }
-    if verdict.would is not None:
-        result.update(
-            shadow=True,
-            would_action=verdict.would.action.value,
-            would_reason=verdict.would.reason,
-            would_reply=str(verdict.would.reply),
-        )
+    would = shadow_of(verdict)
+    if would is not None:
+        result.update(shadow_json(would))
     return result
+
+
+def render_decision(result: dict[str, Any], *, as_json: bool = False) -> str:
+    """`mailglue replay`'s output: the decision as JSON, or one fact per line."""
+    if as_json:
+        # Decimal scores as JSON numbers, like the milter's log (jq can compare them)
+        return json.dumps(result, default=json_default, ensure_ascii=False)
+    spam = result["spam"]
+    lines = [f"action   {result['action']} ({result['reason']})", f"reply    {result['reply']}"]
+    if "would_action" in result:
+        lines.append(f"shadow   would {result['would_action']}: {result['would_reply']}")
+    if "score" in spam:
+        lines.append(f"score    {format_score(spam['score'])}")
+        lines += [f"         {score:>9.3f}  {name}" for name, score in sorted_tests(spam["tests"])]
+    else:
+        lines.append(f"spam     not scored: {spam.get('reason')}")
+    virus = result["virus"]
+    lines.append(f"virus    {virus.get('found') or virus.get('reason') or 'clean'}")
+    lines += [f"header   {name}: {value}" for name, value in result["headers_added"].items()]
+    return "\n".join(lines)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from milters.logread import parse_events
-from milters.trace import recipients_of
+from milters.ops.logread import parse_events
+from milters.scan.event import SpamResult, TransactionEvent
 
 COLORS = {
     "reject": "\033[31m",  # red
@@ -28,18 +28,18 @@ RESET = "\033[0m"
 
 def tail_line(event: dict[str, Any], color: bool = False) -> str:
     """`09:00:00 reject    1000.0  bob@example.net → alice@example.org`."""
+    tx = TransactionEvent.from_json(event)
     action = str(event.get("action", "?"))
-    spam = event.get("spam") or {}
-    score = spam.get("score")
+    score = tx.spam.score if isinstance(tx.spam, SpamResult) else None
     score_text = f"{float(score):.1f}" if isinstance(score, int | float) else "-"
-    rcpts = ", ".join(recipients_of(event)) or "-"
-    ts = str(event.get("ts", ""))
-    text = f"{ts[11:19]} {action:<9} {score_text:>7}  {event.get('sender') or '<>'} → {rcpts}"
-    if event.get("would_action"):
-        text += f"  (shadow: would {event['would_action']})"
+    rcpts = ", ".join(r.address for r in tx.recipients) or "-"
+    ts = tx.ts or ""
+    text = f"{ts[11:19]} {action:<9} {score_text:>7}  {tx.sender or '<>'} → {rcpts}"
+    if tx.would is not None:
+        text += f"  (shadow: would {tx.would.action})"
     if not color:
         return text
-    start = SHADOW_COLOR if event.get("would_action") else COLORS.get(action, "")
+    start = SHADOW_COLOR if tx.would is not None else COLORS.get(action, "")
     return f"{start}{text}{RESET}" if start else text
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from milters.backend import AddressError, InetAddress, parse_address
+from milters.common.sockets import BackendAddressError, InetAddress, parse_address
 
 Number = TypeVar("Number", int, float)
 
@@ -231,7 +231,7 @@ def metrics_address(reader: ConfigReader, key: str) -> InetAddress | None:
         return None
     try:
         address = parse_address(text if text.startswith(("inet:", "unix:")) else f"inet:{text}")
-    except AddressError as exc:
+    except BackendAddressError as exc:
         reader.problem(key, str(exc))
         return None
     if not isinstance(address, InetAddress):

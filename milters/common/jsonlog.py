@@ -16,7 +16,8 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 
-def _encode(value: object) -> object:
+def json_default(value: object) -> object:
+    """`json.dumps(default=…)` for every mailglue JSON output (log lines, `replay --json`)."""
     if isinstance(value, Decimal):
         # Scores have at most three decimals; float's shortest repr prints them exactly
         # (4.999 stays 4.999), and a JSON number lets jq compare (`.score >= 5`).
@@ -67,7 +68,7 @@ class EventLog:
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {"ts": utc_timestamp(), "event": event}
         record.update(fields)
-        line = json.dumps(record, default=_encode, ensure_ascii=False, separators=(",", ":"))
+        line = json.dumps(record, default=json_default, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             self._reopen_if_rotated()
             self._stream.write(line + "\n")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
-from milters.backend import Address, connect_any
+from milters.common.sockets import Address, connect_any
 
 PROTOCOL = b"SPAMC/1.5"
 TESTS_HEADER = b"x-spam-mailglue-tests"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from milters.configkit import ConfigReader
+from milters.common.configkit import ConfigReader
 
 __all__ = ["LdapConfig", "Secret", "read_filter", "read_ldap"]
 

@@ -24,15 +24,11 @@ from lmtp_bridge import (
     Timeouts,
 )
 from lmtp_bridge.routing import mail_host_backend
-from milters.config import DeliveryConfig
-from milters.policy.decide import base_address
+from milters.common.addresses import base_address, domain_of
 from milters.policy.directory import DirectoryUnavailable, LdapDirectory
+from milters.scan.config import DeliveryConfig
 
 MAX_IDLE_PER_BACKEND = 16
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 @dataclass(frozen=True)

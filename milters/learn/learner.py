@@ -15,17 +15,17 @@ flagged \\Deleted by an interrupted run were confirmed before, and are only expu
 from __future__ import annotations
 
 import imaplib
-import ssl
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from milters.headers import is_owned
-from milters.jsonlog import EventLog
-from milters.learnconfig import ImapConfig, LearnConfig
-from milters.replay import split_message
-from milters.spamc import SpamdError
-from milters.spamtell import MessageClass, Taught, teach
+from milters.common.imap import connect, imap_ok, imap_quoted
+from milters.common.jsonlog import EventLog
+from milters.learn.config import LearnConfig
+from milters.ops.replay import split_message
+from milters.scan.headers import is_owned
+from milters.scanners.spamc import SpamdError
+from milters.scanners.spamtell import MessageClass, Taught, teach
 
 
 def classify(headers: list[tuple[str, str]]) -> MessageClass | None:
@@ -75,31 +75,6 @@ class Summary:
     def line(self) -> str:
         parts = [f"{n} {k}" for k, n in sorted(self.counts.items())]
         return "learn: " + (", ".join(parts) if parts else "LearnSpam folder is empty")
-
-
-def connect(config: ImapConfig) -> imaplib.IMAP4:
-    if config.security == "tls":
-        context = ssl.create_default_context(cafile=config.ca_file)
-        imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(
-            config.host, config.port, ssl_context=context, timeout=config.timeout
-        )
-    else:
-        imap = imaplib.IMAP4(config.host, config.port, timeout=config.timeout)
-        if config.security == "starttls":
-            imap.starttls(ssl.create_default_context(cafile=config.ca_file))
-    imap.login(config.user, config.password)
-    return imap
-
-
-def imap_ok(result: tuple[str, list[Any]], what: str) -> list[Any]:
-    typ, data = result
-    if typ != "OK":
-        raise imaplib.IMAP4.error(f"{what}: {typ} {data!r}")
-    return data
-
-
-def imap_quoted(mailbox: str) -> str:
-    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Learner:

@@ -10,23 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milters.backend import Address, AddressError, InetAddress, parse_address
-from milters.configkit import ConfigReader, load_yaml, log_file
+from milters.common.configkit import ConfigReader, load_yaml, log_file
+from milters.common.imap import ImapConfig, read_imap
+from milters.common.sockets import Address, BackendAddressError, InetAddress, parse_address
 
-SECURITY = ("tls", "starttls", "none")
 AFTER = ("delete", "move")
-
-
-@dataclass(frozen=True)
-class ImapConfig:
-    host: str = "127.0.0.1"
-    port: int = 993
-    security: str = "tls"  # tls: IMAPS (implicit TLS); starttls; none (loopback only)
-    ca_file: str | None = None
-    user: str = "cyrusadmin"
-    password: str = field(default="", repr=False)
-    folder: str = "LearnSpam"
-    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -43,34 +31,6 @@ class LearnConfig:
     source: str = "<defaults>"
 
 
-def read_imap(reader: ConfigReader) -> ImapConfig:
-    """An `imap:` section: how an admin job logs in to Cyrus (learn, quota)."""
-    d = ImapConfig()
-    security = reader.choice("security", d.security, SECURITY)
-    default_port = 993 if security == "tls" else 143
-    password = reader.optional_text("password")
-    password_file = reader.optional_text("password_file")
-    if password_file is not None:
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            reader.problem("password_file", f"cannot read: {exc.strerror or exc}")
-    if password is None and password_file is None:
-        reader.problem("password_file", "the admin's password is needed (or imap.password)")
-    config = ImapConfig(
-        host=reader.text("host", d.host),
-        port=reader.integer("port", default_port, minimum=1, maximum=65535),
-        security=security,
-        ca_file=reader.optional_text("ca_file"),
-        user=reader.text("user", d.user),
-        password=password or "",
-        folder=reader.text("folder", d.folder),
-        timeout=reader.seconds("timeout", d.timeout),
-    )
-    reader.finish()
-    return config
-
-
 def parse_learn_config(source: str, data: object) -> LearnConfig:
     top = ConfigReader(source, data)
     d = LearnConfig()
@@ -80,7 +40,7 @@ def parse_learn_config(source: str, data: object) -> LearnConfig:
     for text in spamd.text_list("backends", [str(a) for a in d.spamd]):
         try:
             backends.append(parse_address(text))
-        except AddressError as exc:
+        except BackendAddressError as exc:
             spamd.problem("backends", str(exc))
     timeout = spamd.seconds("timeout", d.spamd_timeout)
     user = spamd.optional_text("user")

@@ -1,7 +1,9 @@
 """Connecting to backends (spamd, clamd, Cyrus) given in Postfix's address notation.
 
 The notation and its parser live in `lmtp_bridge.address` (`inet:HOST:PORT`, `unix:/PATH`,
-the forms an admin already writes in main.cf); this module adds failover across a list.
+the forms an admin already writes in main.cf); this module adds failover across a list. The
+socket opener itself is `lmtp_bridge.address.connect`, shared with the LMTP client (which may
+not import `milters`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import socket
 from collections.abc import Sequence
 
 from lmtp_bridge.address import BackendAddress as Address
-from lmtp_bridge.address import BackendAddressError as AddressError
-from lmtp_bridge.address import InetAddress, UnixAddress
+from lmtp_bridge.address import BackendAddressError, InetAddress, UnixAddress, connect
 from lmtp_bridge.address import parse_backend_address as parse_address
 
 __all__ = [
     "Address",
-    "AddressError",
-    "BackendUnavailable",
+    "AllBackendsFailed",
+    "BackendAddressError",
     "InetAddress",
     "UnixAddress",
     "connect",
@@ -26,21 +27,12 @@ __all__ = [
 ]
 
 
-class BackendUnavailable(OSError):
-    """No backend of a list accepted a connection; the message names each one's failure."""
+class AllBackendsFailed(OSError):
+    """No backend of a list accepted a connection; the message names each one's failure.
 
-
-def connect(address: Address, timeout: float) -> socket.socket:
-    if isinstance(address, UnixAddress):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address.path)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-    return socket.create_connection((address.host, address.port), timeout=timeout)
+    Not `lmtp_bridge.BackendUnavailable`: that one is one LMTP backend failing mid-dialogue,
+    with the replies it had given; this one is failover over spamd/clamd running out.
+    """
 
 
 def connect_any(addresses: Sequence[Address], timeout: float) -> tuple[socket.socket, Address]:
@@ -51,4 +43,4 @@ def connect_any(addresses: Sequence[Address], timeout: float) -> tuple[socket.so
             return connect(address, timeout), address
         except OSError as exc:
             failures.append(f"{address}: {exc.strerror or exc}")
-    raise BackendUnavailable("; ".join(failures) or "no backend configured")
+    raise AllBackendsFailed("; ".join(failures) or "no backend configured")

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from milters.backend import Address, connect
+from milters.common.sockets import Address, connect
 
 
 def sd_notify(state: str) -> bool:

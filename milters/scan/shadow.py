@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from milters.verdict import (
+from milters.scan.verdict import (
     Action,
     Infected,
     SpamCheck,

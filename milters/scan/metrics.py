@@ -1,4 +1,4 @@
-"""Prometheus metrics, derived from the same events the JSON log gets.
+"""The scan milter's Prometheus metrics, derived from the same events the JSON log gets.
 
 Each daemon already writes one event per transaction (milter) or decision (policy) carrying
 everything worth counting; the metrics are a projection of those events. So a dashboard can
@@ -21,33 +21,17 @@ milter
 - `milter_in_flight`: transactions between MAIL FROM and their reply
 - `milter_config_reloads_total{result}`: SIGHUP reloads (`ok`, `refused`)
 
-policy
-- `policy_decisions_total{decision,reason}`: `pass`/`reject`/`defer` and the rule's reason
-- `policy_decision_duration_seconds`: histogram of decision latency (LDAP and Cyrus lookups)
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
-from decimal import Decimal
-from typing import Any
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from milters.backend import InetAddress
+from milters.common.prometheus import LATENCY_BUCKETS, as_number
+from milters.scan.event import Skipped, SpamResult, TransactionEvent
 
 SCORE_BUCKETS = (-5.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 50.0, 100.0)
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-BUDGET_EXHAUSTED = "time budget exhausted"
-LMTP_FAILURES = ("not attempted: backend unreachable", "not attempted: backend timeout")
-
-
-def _number(value: object) -> float | None:
-    """A score or duration as logged: int, float, or the Decimal the milter scores in."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        return None
-    return float(value)
+BACKENDS = ("spamd", "clamd", "lmtp")
 
 
 class MilterMetrics:
@@ -93,61 +77,28 @@ class MilterMetrics:
         self.reloads = Counter(
             "mailglue_milter_config_reloads", "SIGHUP config reloads", ["result"], registry=r
         )
-        for backend in ("spamd", "clamd", "lmtp"):
+        for backend in BACKENDS:
             self.backend_errors.labels(backend)  # present (at 0) before the first error
         for result in ("ok", "refused"):
             self.reloads.labels(result)
 
-    def observe(self, event: Mapping[str, Any]) -> None:
-        """Count one `transaction` event, as logged."""
-        self.transactions.labels(str(event.get("action", "unknown"))).inc()
-        if event.get("would_action"):
-            self.shadow_would.labels(str(event["would_action"])).inc()
-        if event.get("reason") == "internal error":
+    def observe(self, event: TransactionEvent) -> None:
+        """Count one `transaction` event."""
+        self.transactions.labels(event.action or "unknown").inc()
+        if event.would is not None:
+            self.shadow_would.labels(event.would.action).inc()
+        if event.internal_error:
             self.internal_errors.inc()
-        spam = event.get("spam") or {}
-        score = _number(spam.get("score"))
-        if score is not None:
-            self.spam_score.observe(score)
-        for backend, check in (("spamd", spam), ("clamd", event.get("virus") or {})):
-            if check.get("unscanned") == "failed":
+        if isinstance(event.spam, SpamResult):
+            self.spam_score.observe(float(event.spam.score))
+        for backend, check in (("spamd", event.spam), ("clamd", event.virus)):
+            if isinstance(check, Skipped) and check.failed:
                 self.backend_errors.labels(backend).inc()
-                if check.get("reason") == BUDGET_EXHAUSTED:
+                if check.out_of_time:
                     self.budget_exhausted.inc()
-        recipients = event.get("recipients") or []
-        if any(str(r.get("reply", "")).startswith(LMTP_FAILURES) for r in recipients):
+        if event.lmtp_failed:
             self.backend_errors.labels("lmtp").inc()
-        for backend, ms in (event.get("timings_ms") or {}).items():
-            spent = _number(ms)
-            if backend in ("spamd", "clamd", "lmtp") and spent is not None:
+        for backend, ms in event.timings_ms.items():
+            spent = as_number(ms)
+            if backend in BACKENDS and spent is not None:
                 self.backend_duration.labels(backend).observe(spent / 1000)
-
-
-class PolicyMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        self.decisions = Counter(
-            "mailglue_policy_decisions",
-            "Policy decisions by outcome and reason",
-            ["decision", "reason"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "mailglue_policy_decision_duration_seconds",
-            "Time to decide one policy request",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-
-    def observe(self, event: Mapping[str, Any]) -> None:
-        """Count one `policy_decision` event, as logged."""
-        self.decisions.labels(str(event.get("decision")), str(event.get("reason"))).inc()
-        latency = _number(event.get("latency_ms"))
-        if latency is not None:
-            self.duration.observe(latency / 1000)
-
-
-def serve(address: InetAddress, registry: CollectorRegistry) -> threading.Thread:
-    """Serve /metrics over HTTP in a daemon thread (prometheus_client's own server)."""
-    _, thread = start_http_server(address.port, address.host, registry=registry)
-    return thread

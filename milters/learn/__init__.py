@@ -1,0 +1,1 @@
+"""`mailglue learn`: teach spamd from the LearnSpam IMAP folder (`learner`, its `config`)."""

@@ -1,0 +1,1 @@
+"""Clients of the scanning daemons: spamd (`spamc` checks, `spamtell` learns) and clamd."""
