@@ -35,6 +35,19 @@ def owned_deletions(headers: Sequence[tuple[str, str]]) -> list[tuple[str, int]]
     return sorted(deletions, key=lambda item: -item[1])
 
 
+def no_autoreply(
+    tagged: bool, inbound: bool, headers: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """`Precedence: junk` for tagged spam coming in, unless it already has a Precedence.
+
+    Cyrus's vacation (and most autoresponders and list servers) never answer such a message,
+    so an out-of-office rule answers no spam, wherever the user's filter editor put it.
+    """
+    if tagged and inbound and not any(n.strip().lower() == "precedence" for n, _ in headers):
+        return [("Precedence", "junk")]
+    return []
+
+
 @dataclass(frozen=True)
 class ClientInfo:
     """What Postfix told the milter about the SMTP client (macros and callbacks)."""

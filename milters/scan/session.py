@@ -27,6 +27,7 @@ from milters.scan.headers import (
     ClientInfo,
     content_message_id,
     is_owned,
+    no_autoreply,
     owned_deletions,
     received_header,
     render,
@@ -248,8 +249,12 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             status = Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
             fields.action = verdict.action.value
             return self._reply(verdict.reply, status, fields)
-        added = [*verdict.headers, *self._missing_message_id()]
-        if added[len(verdict.headers) :]:
+        ours = [
+            *verdict.headers,
+            *no_autoreply(verdict.reason == "tagged", fields.direction == "inbound", self.kept),
+        ]
+        added = [*ours, *self._missing_message_id()]
+        if added[len(ours) :]:
             fields.message_id = added[-1][1]
         deliverer = self.rt.deliverer
         local = [r for r in self.recipients if deliverer and deliverer.is_local(bare(r))]

@@ -166,6 +166,7 @@ def test_score_bands_below_reject(
     )
     assert copy["X-Spam-Flag"] == ("YES" if flagged else None)
     assert copy["X-Spam-Level"] == level
+    assert copy["Precedence"] == ("junk" if flagged else None)
 
 
 def test_score_5_0_is_rejected(scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus) -> None:

@@ -121,6 +121,7 @@ def test_accept_removes_every_forged_copy_and_adds_ours() -> None:
         ("X-Spam-Status", "Yes, score=4.0 required=3.0 tests=MG=4.0"),
         ("X-Spam-Flag", "YES"),
         ("X-Spam-Level", "****"),
+        ("Precedence", "junk"),  # so no out-of-office rule answers it
     ]
     assert ctx.progress_calls == 1
     (event,) = events
@@ -160,6 +161,13 @@ def test_inbound_and_outbound_are_told_apart() -> None:
     assert inbound[-1]["direction"] == "inbound"
     assert outbound[-1]["direction"] == "outbound"
     assert outbound[-1]["client"]["sasl_user"] == "bob"
+
+
+def test_outgoing_tagged_mail_is_not_marked_precedence_junk() -> None:
+    ctx, result, _, _ = run(lambda: clean_report("4.0"), login="bob")
+    assert result == Milter.ACCEPT
+    assert ("X-Spam-Flag", "YES") in ctx.added
+    assert not [name for name, _ in ctx.added if name.lower() == "precedence"]
 
 
 def test_outbound_spam_refusal_tells_the_member_why() -> None:

@@ -6,6 +6,7 @@ from milters.scan.headers import (
     ClientInfo,
     content_message_id,
     is_owned,
+    no_autoreply,
     owned_deletions,
     received_header,
     render,
@@ -74,3 +75,13 @@ def test_content_message_id_is_stable_and_ignores_our_headers() -> None:
     )
     assert first == again and first.endswith("@mx.example.org>") and first.startswith("<")
     assert content_message_id(headers, b"other", "a@x", "mx.example.org") != first
+
+
+def test_tagged_inbound_spam_is_marked_for_autoresponders() -> None:
+    assert no_autoreply(True, True, [("Subject", "hi")]) == [("Precedence", "junk")]
+
+
+def test_no_precedence_for_clean_or_outgoing_mail_or_when_one_is_there() -> None:
+    assert no_autoreply(False, True, []) == []  # clean
+    assert no_autoreply(True, False, []) == []  # our user sending out: not ours to mark
+    assert no_autoreply(True, True, [("precedence", "bulk")]) == []  # never two
