@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mailglue's daemons and tests need (Chromium and its driver:
-# the webmail tests drive a real browser).
+# the webmail tests drive a real browser; PostgreSQL: they run webmail on it too).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ packages=(
   spamd spamassassin spamc clamav-daemon clamav-testfiles
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
-  chromium chromium-driver
+  chromium chromium-driver postgresql
 )
 
 missing=()

@@ -106,6 +106,16 @@ def from_outside(
     return send(MX, sender, recipients, message(sender, recipients, subject, body), starttls=True)
 
 
+# The single inventory's test-only SpamAssassin rule scores a body with this token 4.5:
+# tagged (X-Spam-Flag: YES), not refused.
+TAG_TOKEN = "mailglue-test-tag-4-5"
+
+
+def tagged_from_outside(sender: str, recipients: list[str], subject: str) -> Transaction:
+    """Mail from outside that the real spamd scores between tagging and refusal."""
+    return from_outside(sender, recipients, subject, f"special offer {TAG_TOKEN}\n")
+
+
 def in_folder(
     who: dict[str, str], subject: str, folder: str = "INBOX", timeout: float = 60
 ) -> bytes | None:

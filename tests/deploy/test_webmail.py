@@ -11,8 +11,11 @@ from __future__ import annotations
 import http.client
 import imaplib
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,9 +41,10 @@ from tests.deploy.mailuser import (
     from_outside,
     in_folder,
     person,
+    tagged_from_outside,
     token,
 )
-from tests.deploy.stack import DEPLOY_MARKS, smoke
+from tests.deploy.stack import DEPLOY_MARKS, changed_tasks, recap, run_playbook, smoke
 from tests.harness.managesieve import ManageSieve
 from tests.harness.smtp import send, tls_context
 
@@ -317,8 +321,10 @@ def test_filter_forward_and_vacation_from_settings(
     # tagged spam still goes to Junk, and is neither forwarded nor answered
     tagged = f"tagged {mark}"
     spammer = f"offers-{mark}@example.net"
-    inject_tagged(bob["mail"], tagged, sender=spammer)
-    assert in_folder(bob, tagged, folder="INBOX.Junk") is not None, "tagged mail not in Junk"
+    assert_delivered(tagged_from_outside(spammer, [bob["mail"]], tagged))
+    copy = in_folder(bob, tagged, folder="INBOX.Junk")
+    assert copy is not None, "tagged mail not in Junk"
+    assert b"X-Spam-Flag: YES" in copy and b"Precedence: junk" in copy
     time.sleep(3)  # a forwarded copy or a reply, if any, would have arrived by now
     assert remote_mx.all_containing(tagged) == [], "tagged spam was forwarded"
     assert remote_mx.all_containing(spammer) == [], "tagged spam was answered"
@@ -333,21 +339,101 @@ def choose_all_messages(driver: WebDriver) -> None:
         driver.find_element(By.ID, "_any").click()
 
 
-def inject_tagged(recipient: str, subject: str, sender: str = "offers@example.net") -> None:
-    """A message that carries our X-Spam-Flag: YES, as the milter writes it for 3.0 < score
-    < 5.0. Submitted with Postfix's sendmail (local pickup, no milter), because the milter
-    strips such headers from anything that arrives over SMTP."""
-    text = (
-        f"From: <{sender}>\nTo: <{recipient}>\nSubject: {subject}\n"
-        "X-Spam-Flag: YES\nX-Spam-Level: ****\n"
-        "X-Spam-Status: Yes, score=4.2 required=3.0 tests=TEST=4.2\n\nspecial offer\n"
+# --- PostgreSQL for the split layout --------------------------------------------------------------
+
+PG_PORT = 5439  # a PostgreSQL of the test's own, on loopback
+PG_PASSWORD = "pg-roundcube-test-password"
+
+
+@pytest.fixture
+def postgres() -> Iterator[int]:
+    """A PostgreSQL cluster from Debian's packages in a temp dir, with the database and owner
+    its admin would make for Roundcube."""
+    (bin_dir,) = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1:]
+    root = Path(tempfile.mkdtemp(prefix="mailglue-pg-"))
+    root.chmod(0o755)
+    data = root / "data"
+
+    def as_postgres(*argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, timeout=120)
+
+    shutil.chown(root, "postgres")
+    as_postgres(str(bin_dir / "initdb"), "-D", str(data), "--auth-local=peer")
+    with (data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+        conf.write(
+            f"listen_addresses = '127.0.0.1'\nport = {PG_PORT}\n"
+            f"unix_socket_directories = '{root}'\n"
+        )
+    (data / "pg_hba.conf").write_text(
+        "local all postgres peer\nhost roundcube roundcube 127.0.0.1/32 scram-sha-256\n"
     )
-    subprocess.run(
-        ["/usr/sbin/sendmail", "-f", sender, recipient],
-        input=text.encode(),
+    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start")
+    try:
+        for statement in (
+            f"CREATE ROLE roundcube LOGIN PASSWORD '{PG_PASSWORD}'",
+            "CREATE DATABASE roundcube OWNER roundcube ENCODING 'UTF8' TEMPLATE template0",
+        ):
+            as_postgres("psql", "-X", "-h", str(root), "-p", str(PG_PORT), "-c", statement)
+        yield PG_PORT
+    finally:
+        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pg_users() -> list[str]:
+    done = subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-t",
+            "-A",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(PG_PORT),
+            "-U",
+            "roundcube",
+            "-d",
+            "roundcube",
+            "-c",
+            "SELECT username FROM users ORDER BY username",
+        ],
+        env={**os.environ, "PGPASSWORD": PG_PASSWORD},
+        capture_output=True,
+        text=True,
         check=True,
         timeout=30,
     )
+    users: list[str] = done.stdout.split()
+    return users
+
+
+def test_webmail_keeps_its_data_in_postgresql_when_told_to(
+    deployed: dict[str, Any], browser: WebDriver, postgres: int
+) -> None:
+    alice = person(deployed, "alice")
+    settings = json.dumps(
+        {
+            "webmail_database": "pgsql",
+            "webmail_pgsql_port": postgres,
+            "webmail_pgsql_password": PG_PASSWORD,
+            "webmail_pgsql_sslmode": "disable",
+        }
+    )
+    try:
+        first = run_playbook("--tags", "webmail", "-e", settings)
+        assert first.returncode == 0, first.stdout[-3000:]
+        second = run_playbook("--tags", "webmail", "-e", settings)
+        assert recap(second.stdout)["changed"] == 0, changed_tasks(second.stdout)
+        assert PG_PASSWORD not in first.stdout + second.stdout
+
+        logged_in(browser, alice["uid"], alice["password"])  # a user row is made at login
+        assert alice["uid"] in pg_users()
+    finally:
+        back = run_playbook("--tags", "webmail")  # the inventory's own choice: SQLite
+        assert back.returncode == 0, back.stdout[-3000:]
+    browser.delete_all_cookies()
+    logged_in(browser, alice["uid"], alice["password"])  # and SQLite works again
 
 
 # --- password -------------------------------------------------------------------------------------
