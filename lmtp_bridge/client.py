@@ -51,6 +51,7 @@ from lmtp_bridge.protocol import (
     unique,
 )
 from lmtp_bridge.replies import MalformedReply, Reply, ReplyParser
+from lmtp_bridge.timing import milliseconds
 
 __all__ = [
     "BackendProtocolError",
@@ -156,10 +157,6 @@ class DeliveryResult:
     def replies(self) -> dict[str, Reply]:
         """Recipient → reply, without the stage."""
         return replies_only(self.outcomes)
-
-
-def _ms(start: float, end: float) -> float:
-    return round((end - start) * 1000.0, 3)
 
 
 class _Reuse(Enum):
@@ -360,11 +357,11 @@ class LmtpClient:
         if tx.must_close:
             self._drop()
         timings = Timings(
-            _ms(t0, t1),
-            _ms(t1, t2),
-            _ms(t2, t3),
-            _ms(t3, t4),
-            _ms(t0, t4),
+            milliseconds(t0, t1),
+            milliseconds(t1, t2),
+            milliseconds(t2, t3),
+            milliseconds(t3, t4),
+            milliseconds(t0, t4),
             reused is not _Reuse.NEW,
         )
         return DeliveryResult(str(self.address), tx.result, timings)

@@ -53,17 +53,11 @@ def _check_config(args: argparse.Namespace) -> int:
     elif kind == "learn":
         from milters.learn.config import load_learn_config
 
-        learn = load_learn_config(args.config)
-        config = dataclasses.replace(
-            learn, imap=dataclasses.replace(learn.imap, password="********")
-        )
+        config = load_learn_config(args.config)
     elif kind == "quota":
         from milters.quota.config import load_quota_config
 
-        quota = load_quota_config(args.config)
-        config = dataclasses.replace(
-            quota, imap=dataclasses.replace(quota.imap, password="********")
-        )
+        config = load_quota_config(args.config)
     else:
         from milters.scan.config import load_config
 

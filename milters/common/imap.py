@@ -6,10 +6,10 @@ from __future__ import annotations
 import imaplib
 import ssl
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from milters.common.configkit import ConfigReader
+from milters.common.secrets import Secret, read_secret
 
 SECURITY = ("tls", "starttls", "none")
 
@@ -21,7 +21,7 @@ class ImapConfig:
     security: str = "tls"  # tls: IMAPS (implicit TLS); starttls; none (loopback only)
     ca_file: str | None = None
     user: str = "cyrusadmin"
-    password: str = field(default="", repr=False)
+    password: Secret = field(default_factory=lambda: Secret(""))
     folder: str = "LearnSpam"
     timeout: float = 30.0
 
@@ -31,14 +31,8 @@ def read_imap(reader: ConfigReader) -> ImapConfig:
     d = ImapConfig()
     security = reader.choice("security", d.security, SECURITY)
     default_port = 993 if security == "tls" else 143
-    password = reader.optional_text("password")
-    password_file = reader.optional_text("password_file")
-    if password_file is not None:
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            reader.problem("password_file", f"cannot read: {exc.strerror or exc}")
-    if password is None and password_file is None:
+    password = read_secret(reader, "password", "password_file")
+    if password is None:
         reader.problem("password_file", "the admin's password is needed (or imap.password)")
     config = ImapConfig(
         host=reader.text("host", d.host),
@@ -46,7 +40,7 @@ def read_imap(reader: ConfigReader) -> ImapConfig:
         security=security,
         ca_file=reader.optional_text("ca_file"),
         user=reader.text("user", d.user),
-        password=password or "",
+        password=password or Secret(""),
         folder=reader.text("folder", d.folder),
         timeout=reader.seconds("timeout", d.timeout),
     )
@@ -64,7 +58,7 @@ def connect(config: ImapConfig) -> imaplib.IMAP4:
         imap = imaplib.IMAP4(config.host, config.port, timeout=config.timeout)
         if config.security == "starttls":
             imap.starttls(ssl.create_default_context(cafile=config.ca_file))
-    imap.login(config.user, config.password)
+    imap.login(config.user, config.password.reveal())
     return imap
 
 

@@ -10,10 +10,11 @@ import json
 import os
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
+
+from lmtp_bridge.timing import milliseconds
 
 
 def json_default(value: object) -> object:
@@ -31,7 +32,7 @@ def json_default(value: object) -> object:
 
 def elapsed_ms(since: float) -> float:
     """Milliseconds since a `time.monotonic()` value, to 0.1 ms (sub-ms steps show up)."""
-    return round((time.monotonic() - since) * 1000, 1)
+    return milliseconds(since)
 
 
 def utc_timestamp() -> str:

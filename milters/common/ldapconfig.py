@@ -1,44 +1,17 @@
 """The LDAP connection settings, one section shape for every mailglue daemon that reads LDAP.
 
-The bind password is wrapped in `Secret`, whose text form is a mask, so neither
-`check-config` nor a log line can print it by accident.
+The bind password is a `Secret` (common/secrets.py), read by the one rule every password
+follows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from milters.common.configkit import ConfigReader
+from milters.common.secrets import Secret, read_secret
 
-__all__ = ["LdapConfig", "Secret", "read_filter", "read_ldap"]
-
-
-class Secret:
-    """A value that prints as a mask; `reveal()` is the only way to read it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Secret:
-        return self  # immutable; lets dataclasses.asdict() keep the mask
+__all__ = ["LdapConfig", "read_filter", "read_ldap"]
 
 
 @dataclass(frozen=True)
@@ -54,26 +27,6 @@ class LdapConfig:
     starttls: bool = False
     tls_ca_file: str | None = None
     timeout: float = 5.0
-
-
-def _password(reader: ConfigReader) -> Secret | None:
-    inline = reader.optional_text("bind_password")
-    path = reader.optional_text("bind_password_file")
-    if inline is not None and path is not None:
-        reader.problem("bind_password_file", "give bind_password or bind_password_file, not both")
-        return None
-    if path is None:
-        return None if inline is None else Secret(inline)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        reader.problem("bind_password_file", f"cannot read {path}: {exc.strerror or exc}")
-        return None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        reader.problem("bind_password_file", f"{path} is empty")
-        return None
-    return Secret(secret)
 
 
 def read_filter(reader: ConfigReader, key: str, default: str) -> str:
@@ -94,7 +47,7 @@ def read_ldap(reader: ConfigReader) -> LdapConfig:
     if not reader.has("base"):
         reader.problem("base", "is required (the search base, e.g. ou=people,dc=example,dc=org)")
     bind_dn = reader.optional_text("bind_dn")
-    password = _password(reader)
+    password = read_secret(reader, "bind_password", "bind_password_file")
     if password is not None and bind_dn is None:
         reader.problem("bind_dn", "is required when a bind password is given")
     user_filter = read_filter(reader, "user_filter", d.user_filter)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from milters.common.addresses import normal_domain
 from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.common.ldapconfig import LdapConfig, Secret, read_filter, read_ldap
+from milters.common.ldapconfig import LdapConfig, read_filter, read_ldap
+from milters.common.secrets import Secret
 from milters.common.sockets import (
     Address,
     BackendAddressError,

@@ -12,7 +12,8 @@ import pytest
 
 from milters.common.imap import ImapConfig
 from milters.common.jsonlog import EventLog
-from milters.common.ldapconfig import LdapConfig, Secret
+from milters.common.ldapconfig import LdapConfig
+from milters.common.secrets import Secret
 from milters.quota.config import QuotaConfig
 from milters.quota.sync import QuotaSync
 from tests.harness import cyrus as cyrus_harness
@@ -57,7 +58,7 @@ def quota_config(cyrus: Cyrus, slapd: Slapd, tmp_path: Path) -> Iterator[QuotaCo
             port=port,
             security="none",
             user=cyrus_harness.ADMIN_USER,
-            password=cyrus_harness.ADMIN_PASSWORD,
+            password=Secret(cyrus_harness.ADMIN_PASSWORD),
         ),
         ldap=LdapConfig(
             uri=slapd.uri,
