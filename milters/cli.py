@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from milters.common.configkit import ConfigError
+from milters.ops.checkconfig import KINDS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,146 +28,32 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_kind(path: str) -> str:
-    """Which daemon's file: a policy config has a top-level `policy:` section, a quota config
-    a `quota:` section, a learn config an `imap:` one; anything else is a milter config."""
-    from milters.common.configkit import load_yaml
-
-    _, data = load_yaml(path)
-    if isinstance(data, dict):
-        for section, kind in (("policy", "policy"), ("quota", "quota"), ("imap", "learn")):
-            if section in data:
-                return kind
-    return "milter"
-
-
 def _check_config(args: argparse.Namespace) -> int:
     """Validate a config file; print the effective values or every problem found."""
-    import dataclasses
-    import json
+    from milters.ops.checkconfig import run
 
-    kind = args.kind or _config_kind(args.config)
-    if kind == "policy":
-        from milters.policy.config import load_policy_config
-
-        config: object = load_policy_config(args.config)
-    elif kind == "learn":
-        from milters.learn.config import load_learn_config
-
-        config = load_learn_config(args.config)
-    elif kind == "quota":
-        from milters.quota.config import load_quota_config
-
-        config = load_quota_config(args.config)
-    else:
-        from milters.scan.config import load_config
-
-        config = load_config(args.config)
-    assert dataclasses.is_dataclass(config) and not isinstance(config, type)
-    print(json.dumps({"kind": kind, **dataclasses.asdict(config)}, default=str, indent=2))
-    return 0
-
-
-def _log_sources(files: Sequence[str]) -> list[str]:
-    from milters.ops.logread import configured_logs
-
-    sources = list(files) or configured_logs()
-    if not sources:
-        raise ConfigError(
-            ["no log files given, and none named in /etc/mailglue/{milter,policy}.yaml"]
-        )
-    return sources
+    return run(args.config, args.kind)
 
 
 def _trace(args: argparse.Namespace) -> int:
-    """Print every transaction (and RCPT decision) matching QUERY."""
-    import json
-    from datetime import UTC, datetime
+    from milters.ops.trace import command
 
-    from milters.ops.logread import in_window, parse_time, read_events
-    from milters.ops.trace import find, render
-
-    now = datetime.now(UTC)
-    try:
-        since = parse_time(args.since, now) if args.since else None
-        until = parse_time(args.until, now) if args.until else None
-    except ValueError as exc:
-        print(f"mailglue trace: {exc}", file=sys.stderr)
-        return 2
-    traces = []
-    for trace in find(read_events(_log_sources(args.files)), args.query):
-        if in_window({"ts": trace.when}, since, until):
-            traces.append(trace)
-    for trace in traces:
-        if args.json:
-            print(json.dumps(trace.as_dict(), ensure_ascii=False))
-        else:
-            print(render(trace), end="\n\n")
-    if not traces:
-        print(f"mailglue trace: nothing found for {args.query!r}", file=sys.stderr)
-        return 1
-    return 0
+    return command(args.query, args.files, args.since, args.until, args.json)
 
 
 def _tail(args: argparse.Namespace) -> int:
-    """Follow the milter's log, one line per transaction."""
-    from pathlib import Path
+    from milters.ops.tail import command
 
-    from milters.ops.logread import parse_events
-    from milters.ops.tail import follow, tail_line, wanted
-
-    color = sys.stdout.isatty()
-    if args.file == "-":
-        events = parse_events(sys.stdin)
-    else:
-        events = follow(Path(args.file or _log_sources([])[0]))
-    for event in events:
-        if wanted(event, args.action):
-            print(tail_line(event, color), flush=True)
-    return 0
+    return command(args.file, args.action)
 
 
 def _learn(args: argparse.Namespace) -> int:
-    """Teach spamd from the LearnSpam folder; exit 1 if any message could not be learned.
+    from milters.learn.command import run
 
-    With `--every N` it runs again every N seconds until stopped: the form a service manager
-    without timers (supervisor) can run, re-reading the config before each pass.
-    """
-    import time
-
-    while True:
-        status = _learn_once(args.config)
-        if args.every is None:
-            return status
-        time.sleep(args.every)
-
-
-def _learn_once(path: str) -> int:
-    import imaplib
-
-    from milters.common.jsonlog import EventLog
-    from milters.learn.config import load_learn_config
-    from milters.learn.learner import Learner
-
-    try:
-        config = load_learn_config(path)
-    except ConfigError as exc:
-        print(f"mailglue learn: configuration error:\n{exc}", file=sys.stderr)
-        return 2
-    log = EventLog(config.log_file, stream=None if config.log_file else sys.stderr)
-    try:
-        summary = Learner(config, log).run()
-    except (OSError, imaplib.IMAP4.error) as exc:
-        print(f"mailglue learn: {config.imap.host}:{config.imap.port}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        log.close()
-    print(summary.line(), flush=True)
-    return 1 if summary.counts.get("error") else 0
+    return run(args.config, every=args.every)
 
 
 def _quota(args: argparse.Namespace) -> int:
-    """Copy each member's quota from LDAP into Cyrus (see milters/quota)."""
     from milters.quota.command import run
 
     return run(args.config, every=args.every, dry_run=args.dry_run)
@@ -204,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="path to milter.yaml, policy.yaml, learn.yaml or quota.yaml")
     check.add_argument(
         "--kind",
-        choices=("milter", "policy", "learn", "quota"),
+        choices=KINDS,
         help="which daemon's config (default: guessed from the file)",
     )
     check.set_defaults(handler=_check_config)

@@ -14,7 +14,7 @@ import gzip
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -121,3 +121,13 @@ def in_window(event: dict[str, Any], since: datetime | None, until: datetime | N
     if when is None:
         return False
     return (since is None or when >= since) and (until is None or when <= until)
+
+
+def log_sources(files: Sequence[str]) -> list[str]:
+    """The files given, or the milter's and policy service's configured logs."""
+    sources = list(files) or configured_logs()
+    if not sources:
+        raise ConfigError(
+            ["no log files given, and none named in /etc/mailglue/{milter,policy}.yaml"]
+        )
+    return sources

@@ -8,12 +8,13 @@ was done, the score, and who wrote to whom. Colour only when writing to a termin
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from milters.ops.logread import parse_events
+from milters.ops.logread import log_sources, parse_events
 from milters.scan.event import SpamResult, TransactionEvent
 
 COLORS = {
@@ -86,3 +87,13 @@ def follow(
     finally:
         if stream is not None:
             stream.close()
+
+
+def command(file: str | None, action: str | None) -> int:
+    """`mailglue tail`: follow the milter's log (or stdin, `-`), one line per transaction."""
+    color = sys.stdout.isatty()
+    events = parse_events(sys.stdin) if file == "-" else follow(Path(file or log_sources([])[0]))
+    for event in events:
+        if wanted(event, action):
+            print(tail_line(event, color), flush=True)
+    return 0

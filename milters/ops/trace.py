@@ -16,12 +16,14 @@ their own: they answer "why did mail to the new user bounce?".
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from milters.ops.logread import event_time
+from milters.ops.logread import event_time, in_window, log_sources, parse_time, read_events
 from milters.scan.event import TransactionEvent
 
 POLICY_EVENTS = ("policy_decision", "policy")
@@ -226,3 +228,30 @@ def render(trace: Trace) -> str:
     spent = [f"{k} {timings[k]} ms" for k in order if k in timings]
     lines.append(f"  timings   {', '.join(spent) or '-'}")
     return "\n".join(lines)
+
+
+def command(
+    query: str, files: Sequence[str], since: str | None, until: str | None, as_json: bool
+) -> int:
+    """`mailglue trace`: print every transaction (and RCPT decision) matching `query`."""
+    now = datetime.now(UTC)
+    try:
+        start = parse_time(since, now) if since else None
+        end = parse_time(until, now) if until else None
+    except ValueError as exc:
+        print(f"mailglue trace: {exc}", file=sys.stderr)
+        return 2
+    traces = [
+        trace
+        for trace in find(read_events(log_sources(files)), query)
+        if in_window({"ts": trace.when}, start, end)
+    ]
+    for trace in traces:
+        if as_json:
+            print(json.dumps(trace.as_dict(), ensure_ascii=False))
+        else:
+            print(render(trace), end="\n\n")
+    if not traces:
+        print(f"mailglue trace: nothing found for {query!r}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,26 +1,21 @@
-"""`mailglue quota`: one pass, or one every N seconds under a service manager without timers
-(supervisor), re-reading the config each time so an edited file needs no restart."""
+"""`mailglue quota`: one pass, or one every N seconds (common/periodic.py)."""
 
 from __future__ import annotations
 
 import imaplib
 import sys
-import time
 
 from milters.common.configkit import ConfigError
 from milters.common.jsonlog import EventLog
 from milters.common.ldapconn import DirectoryUnavailable
+from milters.common.periodic import repeat
 from milters.quota.config import load_quota_config
 from milters.quota.sync import QuotaSync
 
 
 def run(config_path: str, every: float | None = None, dry_run: bool = False) -> int:
     """Exit status: 0 all set, 1 a member's value was wrong or LDAP/Cyrus failed, 2 config."""
-    while True:
-        status = once(config_path, dry_run)
-        if every is None or status == 2:
-            return status
-        time.sleep(every)
+    return repeat(lambda: once(config_path, dry_run), every)
 
 
 def once(config_path: str, dry_run: bool = False) -> int:
