@@ -35,6 +35,8 @@ class SpamConfig:
     max_size: int = 512 * 1024
     on_failure: str = "tempfail"
     user: str | None = None
+    memo_ttl: float = 600.0  # seconds a scan result is reused for the same message; 0 = never
+    memo_entries: int = 10000
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def _spam(reader: ConfigReader) -> SpamConfig:
         max_size=reader.integer("max_size", d.max_size, minimum=1024),
         on_failure=reader.choice("on_failure", d.on_failure, FAILURE_POLICIES),
         user=reader.optional_text("user"),
+        memo_ttl=reader.seconds("memo_ttl", d.memo_ttl, minimum=0, maximum=86400),
+        memo_entries=reader.integer("memo_entries", d.memo_entries, minimum=1),
     )
     if spam.tag_above >= spam.reject_at:
         reader.problem(

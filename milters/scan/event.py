@@ -54,14 +54,18 @@ class SpamResult:
     tests: Mapping[str, Number] = field(default_factory=dict)
     precise: bool = True
     backend: str | None = None
+    cached: bool = False  # the memo's result for the same message (scan/memo.py)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "score": self.score,
             "tests": dict(self.tests),
             "precise": self.precise,
             "backend": self.backend,
         }
+        if self.cached:
+            fields["cached"] = True
+        return fields
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,11 @@ def scan_fields(report: ScanReport) -> tuple[SpamFields, VirusFields]:
     spam: SpamFields
     if isinstance(report.spam, SpamScore):
         spam = SpamResult(
-            report.spam.score, dict(report.spam.tests), report.spam_precise, report.spamd_backend
+            report.spam.score,
+            dict(report.spam.tests),
+            report.spam_precise,
+            report.spamd_backend,
+            report.cached,
         )
     else:
         spam = _skipped(report.spam)
@@ -298,7 +306,11 @@ def _spam_from_json(data: object) -> SpamFields | None:
     if "score" not in data:
         return None
     return SpamResult(
-        data["score"], data.get("tests") or {}, data.get("precise", True), data.get("backend")
+        data["score"],
+        data.get("tests") or {},
+        data.get("precise", True),
+        data.get("backend"),
+        bool(data.get("cached", False)),
     )
 
 

@@ -43,6 +43,7 @@ class ScanReport:
     spamd_backend: str = ""
     clamd_backend: str = ""
     spam_precise: bool = True
+    cached: bool = False  # taken from the memo (memo.py), not from the scanners just now
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from milters.common.lifecycle import InFlight
 from milters.scan.config import MilterConfig, load_config
 from milters.scan.delivery import Deliverer
 from milters.scan.event import TransactionEvent
+from milters.scan.memo import ScanMemo
 from milters.scan.metrics import MilterMetrics
 from milters.scan.scanner import Scanner
 from milters.scan.verdict import VerdictPolicy
@@ -30,6 +31,7 @@ class Runtime:
     config: MilterConfig
     scanner: Scanner
     deliverer: Deliverer | None
+    memo: ScanMemo
 
     @property
     def policy(self) -> VerdictPolicy:
@@ -66,7 +68,12 @@ class MilterService:
     )
     metrics: MilterMetrics | None = None
     in_flight: InFlight = field(default_factory=InFlight)
+    memo: ScanMemo | None = None  # None: made from the config's spam.memo_* settings
     _swap: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.memo is None:
+            self.memo = new_memo(self.config)
 
     @property
     def policy(self) -> VerdictPolicy:
@@ -74,7 +81,8 @@ class MilterService:
 
     def runtime(self) -> Runtime:
         with self._swap:
-            return Runtime(self.config, self.scanner, self.deliverer)
+            assert self.memo is not None
+            return Runtime(self.config, self.scanner, self.deliverer, self.memo)
 
     def emit(self, event: str, **fields: Any) -> None:
         self.log.emit(event, **fields)
@@ -118,8 +126,12 @@ class MilterService:
         if config.log_file != old.config.log_file:
             self.log = EventLog(config.log_file)  # the old one is closed when unreferenced
         scanner, deliverer = Scanner(config), make_deliverer(config)
+        memo = old.memo
+        if (config.spam.memo_ttl, config.spam.memo_entries) != (memo.ttl, memo.max_entries):
+            memo = new_memo(config)
         with self._swap:
             self.config, self.scanner, self.deliverer = config, scanner, deliverer
+            self.memo = memo
         later = threading.Timer(old.config.time_budget + 5, release, (old,))
         later.daemon = True
         later.start()
@@ -127,6 +139,10 @@ class MilterService:
             self.metrics.reloads.labels("ok").inc()
         self.emit("config_reloaded", config=config.source, shadow=config.shadow)
         return True
+
+
+def new_memo(config: MilterConfig) -> ScanMemo:
+    return ScanMemo(config.spam.memo_ttl, config.spam.memo_entries)
 
 
 def release(old: Runtime) -> None:

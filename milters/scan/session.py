@@ -32,6 +32,7 @@ from milters.scan.headers import (
     received_header,
     render,
 )
+from milters.scan.memo import scan_key
 from milters.scan.scanner import ScanReport
 from milters.scan.service import MilterService
 from milters.scan.shadow import ShadowVerdict, shadow_decide
@@ -225,7 +226,14 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         self.kept = [(n, v) for n, v in self.headers if not is_owned(n)]
         self.rendered = render([self.received, *self.kept])  # delivery appends ours to it
         prefix = self.rendered + b"\r\n"
-        report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
+        key = None
+        if self.rt.memo.ttl > 0 and len(prefix) + self.spool.size <= config.spam.max_size:
+            key = scan_key(client, self.sender, self.kept, self.spool.body_digest())
+        report = self.rt.memo.get(key) if key is not None else None
+        if report is None:
+            report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
+            if key is not None:
+                self.rt.memo.put(key, report)
         verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
         if client.auth_user:
             applied = for_our_user(verdict.applied, report.spam, self.rt.policy)

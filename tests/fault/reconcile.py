@@ -16,6 +16,7 @@ import email.policy
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from tests.harness.cyrus import Cyrus
 from tests.harness.smtp import NO_REPLY, Reply
@@ -160,3 +161,16 @@ def reply_counts(messages: list[Message]) -> str:
         if m.attempts
     )
     return "; ".join(f"{n}x {text}" for text, n in counts.most_common())
+
+
+def spamd_scans(events: list[dict[str, Any]], tag: str) -> int:
+    """Messages of this run that spamd scored (the scan memo's reuses not counted)."""
+    return sum(
+        1
+        for e in events
+        if e.get("event") == "transaction"
+        and f"<{tag}." in str(e.get("message_id") or "")
+        and isinstance(e.get("spam"), dict)
+        and "score" in e["spam"]
+        and not e["spam"].get("cached")
+    )

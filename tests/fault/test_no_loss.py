@@ -30,7 +30,7 @@ from tests.harness.process import LOOPBACK
 
 from .conftest import MAILBOX_USERS, FaultStack
 from .load import Load
-from .reconcile import TALLIES, Tally, census, reply_counts, tally
+from .reconcile import TALLIES, Tally, census, reply_counts, spamd_scans, tally
 
 pytestmark = pytest.mark.integration
 
@@ -111,13 +111,20 @@ def test_no_loss_under_fault(fault_stack: FaultStack, fault: Fault) -> None:
     result = tally(fault.name, load.messages, before, retried, census(stack.cyrus, users, tag))
     TALLIES.append(result)
     replies = reply_counts(load.messages)
+    scans = spamd_scans(stack.milter.events(), tag)
+    per_message = scans / max(result.accepted_final, 1)
     print(f"\n{Tally.HEADER}\n{result.row()}\nfirst replies: {replies}")
+    print(
+        f"spamd scans per accepted message: {per_message:.3f} ({scans} / {result.accepted_final})"
+    )
 
     assert result.sent >= MIN_MESSAGES
     assert result.deferred + result.no_reply > 0, "the fault never reached a sender: no test"
     assert result.lost == 0, f"{result.lost} messages got 250 but are not in their mailbox"
     assert result.duplicates == 0, f"{result.duplicates} extra copies stored"
     assert result.rejected == 0, f"clean mail refused: {replies}"
+    if fault.name != "milter":  # a killed milter forgets what it scanned: its retries rescan
+        assert per_message <= 1.0, f"retries paid spamd again: {scans} scans"
     assert result.no_reply == 0, f"a sender got no SMTP reply at all: {replies}"
     # After the senders' retries: still exactly once, and nothing left deferred.
     assert result.lost_final == 0

@@ -95,6 +95,15 @@ def run(
     out = io.StringIO()
     scanner = StubScanner(make_report)
     service = MilterService(parse_config("test.yaml", config), scanner, EventLog(stream=out))  # type: ignore[arg-type]
+    ctx, result = feed(service, login)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    return ctx, result, events, scanner
+
+
+def feed(
+    service: MilterService, login: str | None = None, message: bytes = MESSAGE
+) -> tuple[RecordingCtx, int]:
+    """One SMTP session with one message, as Postfix drives the milter."""
     ctx = RecordingCtx()
     if login is not None:
         ctx._setsymval("{auth_authen}", login)  # Postfix's macro after SMTP AUTH
@@ -102,9 +111,8 @@ def run(
     assert ctx._connect(host="client.example", helo="helo.example", ip="192.0.2.7") == (
         Milter.CONTINUE
     )
-    result = ctx._feedFile(io.BytesIO(MESSAGE), "bob@example.net", "alice@example.org")
-    events = [json.loads(line) for line in out.getvalue().splitlines()]
-    return ctx, result, events, scanner
+    result = ctx._feedFile(io.BytesIO(message), "bob@example.net", "alice@example.org")
+    return ctx, result
 
 
 def clean_report(score: str = "0.5") -> ScanReport:
@@ -204,3 +212,45 @@ def test_a_bug_in_the_filter_tempfails_and_is_logged() -> None:
         "Temporary error in the mail filter, please try again later",
     )
     assert events[-1]["error"] == "RuntimeError: boom" and events[-1]["action"] == "tempfail"
+
+
+# --- the scan memo: the same message is not scanned twice ----------------------------------
+
+
+def memo_service(**spam: Any) -> tuple[MilterService, StubScanner, io.StringIO]:
+    out = io.StringIO()
+    scanner = StubScanner(lambda: clean_report("4.0"))
+    config = parse_config("test.yaml", {"spam": spam} if spam else {})
+    return MilterService(config, scanner, EventLog(stream=out)), scanner, out  # type: ignore[arg-type]
+
+
+def transactions(out: io.StringIO) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [e for e in events if e["event"] == "transaction"]
+
+
+def test_a_retry_of_the_same_message_reuses_the_scan() -> None:
+    service, scanner, out = memo_service()
+    first, _ = feed(service)
+    second, _ = feed(service)  # e.g. the sender's retry after our 451
+    assert len(scanner.prefixes) == 1
+    one, two = transactions(out)
+    assert "cached" not in one["spam"] and two["spam"]["cached"] is True
+    assert two["spam"]["score"] == one["spam"]["score"] == 4.0
+    assert "spamd" not in two["timings_ms"]
+    assert second.added == first.added  # the same headers and verdict
+
+
+def test_other_content_or_another_client_is_scanned() -> None:
+    service, scanner, _ = memo_service()
+    feed(service)
+    feed(service, message=MESSAGE.replace(b"Subject:", b"Subject: changed"))
+    feed(service, login="bob")  # the same text sent by a logged-in member
+    assert len(scanner.prefixes) == 3
+
+
+def test_memo_ttl_0_scans_every_time() -> None:
+    service, scanner, _ = memo_service(memo_ttl=0)
+    feed(service)
+    feed(service)
+    assert len(scanner.prefixes) == 2
