@@ -25,6 +25,7 @@ class SyslogCatcher:
         self.log_path = log_path
         self.socket_path = socket_path
         self.owned = False
+        self._inode = 0
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -38,6 +39,7 @@ class SyslogCatcher:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(self.socket_path))
         self.socket_path.chmod(0o666)  # daemons log after dropping root
+        self._inode = self.socket_path.stat().st_ino
         sock.settimeout(0.2)
         self._sock = sock
         self.owned = True
@@ -52,8 +54,11 @@ class SyslogCatcher:
         if sock is not None:
             sock.close()
         if self.owned:
+            # A syslog daemon started meanwhile (the deployment's rsyslogd) replaces the
+            # socket with its own: removing that one would silence every daemon on the host.
             with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+                if self.socket_path.stat().st_ino == self._inode:
+                    self.socket_path.unlink()
             self.owned = False
 
     def _loop(self) -> None:

@@ -26,6 +26,7 @@ from tests.harness.process import accepts, wait_until
 from tests.harness.slapd import BASE_DN, ROOT_DN, ROOT_PASSWORD, USERS, Slapd
 from tests.harness.smtp import Reply, send
 from tests.harness.spamd import TEST_RULES, Spamd, TestRule
+from tests.harness.syslog_catcher import SyslogCatcher
 
 from .conftest import MakePostfix
 
@@ -239,3 +240,24 @@ def test_daemon_logs_show_only_new_lines(tmp_path: Path) -> None:
         f.write("one\ntwo\nthree\n")
     [(title, text)] = logs.sections()
     assert "d" in title and text.splitlines()[1:] == ["two", "three"]
+
+
+def test_the_syslog_catcher_leaves_a_socket_that_is_not_its_own(tmp_path: Path) -> None:
+    """The deployment's rsyslogd may take /dev/log over while the catcher runs; stopping the
+    catcher must not remove rsyslogd's socket (it once did: every daemon's log went silent)."""
+    path = tmp_path / "log"
+    catcher = SyslogCatcher(tmp_path / "caught.log", socket_path=path)
+    catcher.start()
+    assert catcher.owned
+    path.unlink()  # what rsyslogd's imuxsock does: unlink, then bind its own
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    other.bind(str(path))
+    try:
+        catcher.stop()
+        assert path.exists(), "the other listener's socket was removed"
+    finally:
+        other.close()
+    mine = SyslogCatcher(tmp_path / "caught2.log", socket_path=tmp_path / "log2")
+    mine.start()
+    mine.stop()
+    assert not (tmp_path / "log2").exists()  # its own socket is still cleaned up
