@@ -215,6 +215,18 @@ def test_send_to_a_colleague_and_the_outside(
     assert found, outside[:500]
     (event,) = [e for e in milter_events() if e.get("message_id") == found.group(1).decode()]
     assert event["client"]["sasl_user"] == "alice" and event["direction"] == "outbound", event
+    # and the admin's `mailglue trace` tells its story like any other message's
+    shown = subprocess.run(
+        ["/opt/mailglue/venv/bin/mailglue", "trace", found.group(1).decode()],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "sasl=alice" in shown.stdout and "from      alice@example.org" in shown.stdout, (
+        shown.stdout
+    )
 
 
 def milter_events() -> list[dict[str, Any]]:
