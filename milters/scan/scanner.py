@@ -43,7 +43,18 @@ class ScanReport:
     spamd_backend: str = ""
     clamd_backend: str = ""
     spam_precise: bool = True
-    cached: bool = False  # taken from the memo (memo.py), not from the scanners just now
+    cached: bool = False  # spamd's result came from the memo (memo.py), spamd was not asked
+    reused: bool = False  # some result came from the memo
+
+
+@dataclass(frozen=True)
+class Known:
+    """Results of an earlier scan of the same message (memo.py); None: not known, ask."""
+
+    virus: VirusCheck | None = None
+    clamd_backend: str = ""
+    spam: SpamScore | None = None
+    spamd_backend: str = ""
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,15 +107,24 @@ class Scanner:
         return SpamScore(result.score, result.tests)
 
     def scan(
-        self, prefix: bytes, spool: Spool, deadline: float, keepalive: Callable[[], None]
+        self,
+        prefix: bytes,
+        spool: Spool,
+        deadline: float,
+        keepalive: Callable[[], None],
+        known: Known | None = None,
     ) -> ScanReport:
-        """Scan `prefix + spool` (headers + body) with both backends before `deadline`."""
+        """Scan `prefix + spool` (headers + body) with both backends before `deadline`;
+        a result already `known` for this message is used instead of asking again."""
         size = len(prefix) + spool.size
         report = ScanReport(virus=Clean(), spam=Unscanned("spamd", SkipCause.FAILED, "pending"))
         started = time.monotonic()
         virus_job: Future[VirusCheck] | None = None
         spam_job: Future[SpamCheck] | None = None
-        if size > self.config.virus.max_size:
+        if known is not None and known.virus is not None:
+            report.virus, report.clamd_backend = known.virus, known.clamd_backend
+            report.reused = True
+        elif size > self.config.virus.max_size:
             report.virus = Unscanned(
                 "clamd",
                 SkipCause.OVERSIZE,
@@ -112,7 +132,10 @@ class Scanner:
             )
         else:
             virus_job = self._pool.submit(self._virus, prefix, spool, report)
-        if size > self.config.spam.max_size:
+        if known is not None and known.spam is not None:
+            report.spam, report.spamd_backend = known.spam, known.spamd_backend
+            report.cached = report.reused = True
+        elif size > self.config.spam.max_size:
             report.spam = Unscanned(
                 "spamd",
                 SkipCause.OVERSIZE,

@@ -229,11 +229,10 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         key = None
         if self.rt.memo.ttl > 0 and len(prefix) + self.spool.size <= config.spam.max_size:
             key = scan_key(client, self.sender, self.kept, self.spool.body_digest())
-        report = self.rt.memo.get(key) if key is not None else None
-        if report is None:
-            report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress)
-            if key is not None:
-                self.rt.memo.put(key, report)
+        known = self.rt.memo.get(key) if key is not None else None
+        report = self.rt.scanner.scan(prefix, self.spool, self.deadline, self.progress, known)
+        if key is not None:
+            self.rt.memo.put(key, report)
         verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
         if client.auth_user:
             applied = for_our_user(verdict.applied, report.spam, self.rt.policy)
