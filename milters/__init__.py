@@ -8,7 +8,8 @@
 - `policy`: the Postfix policy service;
 - `ops`: reading the logs back: `trace`, `tail`, and `replay` of one message;
 - `learn`: teaching spamd from the LearnSpam folder;
-- `quota`: copying each member's mailbox quota from LDAP into Cyrus.
+- `quota`: copying each member's mailbox quota from LDAP into Cyrus;
+- `dns`: the DNS records an admin publishes for the mail domains.
 
 `cli` parses `mailglue SUBCOMMAND` and dispatches. The rule (tests/unit/test_rooms.py):
 `common` imports no other room; `ops`, `learn` and `quota` never load the milter session or

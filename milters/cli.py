@@ -59,6 +59,12 @@ def _quota(args: argparse.Namespace) -> int:
     return run(args.config, every=args.every, dry_run=args.dry_run)
 
 
+def _dns(args: argparse.Namespace) -> int:
+    from milters.dns.command import run
+
+    return run(args.config)
+
+
 def _replay(args: argparse.Namespace) -> int:
     """Scan one message file with the configured spamd/clamd and print the decision."""
     from pathlib import Path
@@ -129,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quota.add_argument("--dry-run", action="store_true", help="log what would change; set nothing")
     quota.set_defaults(handler=_quota)
+
+    dns = sub.add_parser("dns", help="print the DNS records to publish for the mail domains")
+    dns.add_argument("--config", default="/etc/mailglue/dns.yaml", help="path to dns.yaml")
+    dns.set_defaults(handler=_dns)
 
     replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")
     replay.add_argument("message", help="the message file (.eml), or - for stdin")

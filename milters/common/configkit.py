@@ -83,6 +83,19 @@ class ConfigReader:
             self.source, {} if value is None else value, self.key_path(key), self.problems
         )
 
+    def sections(self, key: str) -> list[ConfigReader]:
+        """A list of mappings (e.g. `domains:`), each read like a section: `key[0]`, `key[1]`."""
+        value = self._get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(key, f"must be a list, got {value!r}")
+            return []
+        return [
+            ConfigReader(self.source, item, f"{self.key_path(key)}[{i}]", self.problems)
+            for i, item in enumerate(value)
+        ]
+
     def text(self, key: str, default: str) -> str:
         value = self._get(key)
         if value is None:

@@ -16,6 +16,7 @@ import smtplib
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,3 +155,49 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
     assert re.search(r"\b1 ham\b", learn.stdout), learn.stdout
     again = subprocess.run(LEARN, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "ham" not in again.stdout, again.stdout + again.stderr
+
+
+def test_mailglue_dns_prints_the_records_of_the_deployed_key_and_certificate(
+    deployed: dict[str, Any],
+) -> None:
+    """What the admin publishes must match what the stack uses: the DKIM key OpenDKIM signs
+    with and the certificate Postfix and Cyrus present (digest computed here with openssl)."""
+    shown = subprocess.run(
+        ["/opt/mailglue/venv/bin/mailglue", "dns"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert re.search(r"(?m)^example\.org\.\s+3600 IN MX\s+10 mail\.example\.org\.$", out), out
+    key_file = Path("/etc/opendkim/keys/example.org/mail.txt").read_text(encoding="utf-8")
+    published = "".join(re.findall(r'"([^"]*)"', key_file))
+    key = re.search(r"p=([A-Za-z0-9+/=]+)", published.replace(" ", ""))
+    assert key is not None and f"p={key.group(1)}" in out.replace('" "', "")
+    pubkey = subprocess.run(
+        ["openssl", "x509", "-in", "/etc/ssl/mailglue/mailglue.crt", "-noout", "-pubkey"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "DER"],
+        input=pubkey,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    digest = (
+        subprocess.run(
+            ["openssl", "dgst", "-sha256", "-r"],
+            input=der,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        .stdout.split()[0]
+        .decode()
+    )
+    assert re.search(rf"(?m)^_25\._tcp\.mail\.example\.org\.\s+3600 IN TLSA\s+3 1 1 {digest}$", out)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOMS = ("common", "scanners", "scan", "policy", "ops", "learn", "quota")
+ROOMS = ("common", "scanners", "scan", "policy", "ops", "learn", "quota", "dns")
 TOP_LEVEL = {"milters", "milters.cli"}  # the package docstring and the command dispatcher
 SESSION = "milters.scan.session"
 PYMILTER = ("Milter", "milter")

@@ -1,0 +1,142 @@
+"""`mailglue dns`: the records, the facts read from OpenDKIM's key file and the certificate,
+and the README's DNS section, which is this code's output for the example below."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from milters.common.configkit import ConfigError
+from milters.dns.config import dkim_tags, parse_dns_config
+from milters.dns.records import Dkim, Facts, MailDomain, all_records, txt, zone_text
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+EXAMPLE = Facts(
+    hostname="mail.example.org",
+    domains=(
+        MailDomain(
+            "example.org",
+            (Dkim("mail", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA7m9...IDAQAB"),),
+            dmarc_policy="quarantine",
+            dmarc_reports="postmaster@example.org",
+        ),
+    ),
+    addresses=("192.0.2.25",),
+    tls_spki_sha256="3f1c" * 16,
+)
+
+OPENDKIM_TXT = (  # as opendkim-genkey writes it: the value in several quoted strings
+    'mail._domainkey\tIN\tTXT\t( "v=DKIM1; h=sha256; k=rsa; "\n'
+    '\t  "p=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd"\n'
+    '\t  "Hh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7" )  ; ----- DKIM key mail\n'
+)
+PUBLIC_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7"
+
+
+def by_name(facts: Facts) -> dict[tuple[str, str], str]:
+    return {(r.name, r.type): r.value for r in all_records(facts)}
+
+
+def test_the_records_a_domain_needs() -> None:
+    found = by_name(EXAMPLE)
+    assert found["example.org.", "MX"] == "10 mail.example.org."
+    assert found["example.org.", "TXT"] == '"v=spf1 mx -all"'
+    assert found["mail._domainkey.example.org.", "TXT"].startswith('"v=DKIM1; k=rsa; p=MIIB')
+    dmarc = found["_dmarc.example.org.", "TXT"]
+    assert dmarc == '"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"'
+    assert found["_mta-sts.example.org.", "TXT"].startswith('"v=STSv1; id=')
+    assert found["_submission._tcp.example.org.", "SRV"] == "0 1 587 mail.example.org."
+    assert found["_imaps._tcp.example.org.", "SRV"] == "0 1 993 mail.example.org."
+    assert found["autoconfig.example.org.", "CNAME"] == "mail.example.org."
+    assert found["mail.example.org.", "A"] == "192.0.2.25"
+    for port in (25, 587, 993):
+        assert found[f"_{port}._tcp.mail.example.org.", "TLSA"] == "3 1 1 " + "3f1c" * 16
+
+
+def test_spf_names_the_relay_and_long_txt_is_split() -> None:
+    relayed = Facts("mx.example.org", (MailDomain("example.org"),), spf_include=("relay.net",))
+    assert by_name(relayed)["example.org.", "TXT"] == '"v=spf1 mx include:relay.net -all"'
+    assert txt("a" * 300) == '"' + "a" * 255 + '" "' + "a" * 45 + '"'
+
+
+def test_the_mta_sts_id_follows_the_policy() -> None:
+    enforce = Facts(**{**EXAMPLE.__dict__, "mta_sts_mode": "enforce"})
+    sts = ("_mta-sts.example.org.", "TXT")
+    assert by_name(EXAMPLE)[sts] != by_name(enforce)[sts]
+    assert by_name(EXAMPLE)[sts] == by_name(Facts(**EXAMPLE.__dict__))[sts]
+
+
+def test_opendkim_key_file_tags() -> None:
+    tags = dkim_tags(OPENDKIM_TXT)
+    assert tags["k"] == "rsa" and tags["p"] == PUBLIC_KEY
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "cert.pem"
+    path.write_bytes(cert.public_bytes(Encoding.PEM))
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return path, hashlib.sha256(spki).hexdigest()
+
+
+def test_dns_yaml_reads_the_key_file_and_the_certificate(tmp_path: Path) -> None:
+    key_file = tmp_path / "mail.txt"
+    key_file.write_text(OPENDKIM_TXT, encoding="utf-8")
+    cert, digest = self_signed(tmp_path)
+    facts = parse_dns_config(
+        "dns.yaml",
+        {
+            "hostname": "mail.example.org",
+            "tls_cert_file": str(cert),
+            "domains": [
+                {"name": "example.org", "dkim": [{"selector": "mail", "key_file": str(key_file)}]}
+            ],
+        },
+    )
+    assert facts.tls_spki_sha256 == digest
+    assert facts.domains[0].dkim[0].public_key == PUBLIC_KEY
+
+
+def test_dns_yaml_problems_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_dns_config(
+            "dns.yaml",
+            {
+                "domains": [
+                    {
+                        "name": "example.org",
+                        "dkim": [{"selector": "mail", "key_file": str(tmp_path / "none")}],
+                    },
+                    {"dmarc": {"policy": "bounce"}},
+                ]
+            },
+        )
+    text = str(err.value)
+    assert "key 'hostname'" in text
+    assert "key 'domains[0].dkim[0].key_file'" in text
+    assert "key 'domains[1].name'" in text and "key 'domains[1].dmarc.policy'" in text
+
+
+def test_the_readme_shows_what_mailglue_dns_prints() -> None:
+    assert zone_text(EXAMPLE) in README.read_text(encoding="utf-8")
