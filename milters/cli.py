@@ -62,7 +62,7 @@ def _quota(args: argparse.Namespace) -> int:
 def _dns(args: argparse.Namespace) -> int:
     from milters.dns.command import run
 
-    return run(args.config)
+    return run(args.config, check_dns=args.check, server=args.server)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dns = sub.add_parser("dns", help="print the DNS records to publish for the mail domains")
     dns.add_argument("--config", default="/etc/mailglue/dns.yaml", help="path to dns.yaml")
+    dns.add_argument("--check", action="store_true", help="compare with what DNS answers now")
+    dns.add_argument("--server", help="ask this name server (HOST or HOST:PORT), not the system's")
     dns.set_defaults(handler=_dns)
 
     replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mailglue's daemons and tests need (Chromium and its driver:
-# the webmail tests drive a real browser; PostgreSQL: they run webmail on it too).
+# the webmail tests drive a real browser; PostgreSQL: they run webmail on it too; NSD:
+# `mailglue dns --check` asks a real name server).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ packages=(
   spamd spamassassin spamc clamav-daemon clamav-testfiles
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
-  chromium chromium-driver postgresql
+  chromium chromium-driver postgresql nsd
 )
 
 missing=()

@@ -1,13 +1,29 @@
-"""`mailglue dns`: print the records to publish, as zone-file lines with their reasons."""
+"""`mailglue dns`: print the records to publish, as zone-file lines with their reasons; with
+`--check`, compare them with what DNS answers now and name each one missing or wrong."""
 
 from __future__ import annotations
 
 import sys
 
+from milters.dns.check import check, lookup
 from milters.dns.config import load_dns_config
-from milters.dns.records import zone_text
+from milters.dns.records import all_records, zone_text
 
 
-def run(config_path: str) -> int:
-    sys.stdout.write(zone_text(load_dns_config(config_path)))
-    return 0
+def run(config_path: str, check_dns: bool = False, server: str | None = None) -> int:
+    facts = load_dns_config(config_path)
+    if not check_dns:
+        sys.stdout.write(zone_text(facts))
+        return 0
+    try:
+        findings, status = check(all_records(facts), lambda wanted: lookup(wanted, server))
+    except TimeoutError as exc:
+        print(f"mailglue dns --check: {exc}", file=sys.stderr)
+        return 2
+    for finding in findings:
+        print(finding.line())
+    bad = [f for f in findings if f.status != "ok"]
+    print(
+        f"{len(findings) - len(bad)} of {len(findings)} records as they should be", file=sys.stderr
+    )
+    return status

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from milters.common.configkit import ConfigError
+from milters.dns.check import compare
 from milters.dns.config import dkim_tags, parse_dns_config
 from milters.dns.records import Dkim, Facts, MailDomain, all_records, txt, zone_text
 
@@ -140,3 +141,49 @@ def test_dns_yaml_problems_name_the_key(tmp_path: Path) -> None:
 
 def test_the_readme_shows_what_mailglue_dns_prints() -> None:
     assert zone_text(EXAMPLE) in README.read_text(encoding="utf-8")
+
+
+# --- --check: what DNS answers against what should be published ------------------------------
+
+
+def answers_for(
+    facts: Facts, *, drop: tuple[str, str] | None = None
+) -> dict[tuple[str, str], list[str]]:
+    """DNS as a careful admin published it (in dnspython's spelling), minus one record."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for r in all_records(facts):
+        if (r.name, r.type) != drop:
+            found.setdefault((r.name, r.type), []).append(r.value)
+    return found
+
+
+def test_everything_published_is_ok() -> None:
+    findings = compare(all_records(EXAMPLE), answers_for(EXAMPLE))
+    assert {f.status for f in findings} == {"ok"}
+
+
+def test_a_missing_dmarc_record_is_named() -> None:
+    findings = compare(
+        all_records(EXAMPLE), answers_for(EXAMPLE, drop=("_dmarc.example.org.", "TXT"))
+    )
+    bad = [(f.record.name, f.status) for f in findings if f.status != "ok"]
+    assert bad == [("_dmarc.example.org.", "missing")]
+
+
+def test_an_old_dkim_key_or_a_changed_spf_is_wrong_other_txt_does_not_matter() -> None:
+    answers = answers_for(EXAMPLE)
+    answers["mail._domainkey.example.org.", "TXT"] = ['"v=DKIM1; k=rsa; p=OLDKEY"']
+    answers["example.org.", "TXT"] = ['"google-site-verification=abc"', '"v=spf1 a -all"']
+    wrong = {f.record.name: f for f in compare(all_records(EXAMPLE), answers) if f.status != "ok"}
+    assert set(wrong) == {"mail._domainkey.example.org.", "example.org."}
+    assert wrong["example.org."].status == "wrong"
+    assert wrong["example.org."].seen == ("v=spf1 a -all",)
+
+
+def test_the_same_dkim_key_with_other_tags_and_strings_is_ok() -> None:
+    answers = answers_for(EXAMPLE)
+    key = EXAMPLE.domains[0].dkim[0].public_key
+    answers["mail._domainkey.example.org.", "TXT"] = [
+        f'"v=DKIM1; h=sha256; k=rsa; " "p={key[:20]}" "{key[20:]}"'  # as opendkim's .txt has it
+    ]
+    assert {f.status for f in compare(all_records(EXAMPLE), answers)} == {"ok"}
