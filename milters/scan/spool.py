@@ -23,12 +23,14 @@ class Spool:
         self._memory = bytearray()
         self._file: BinaryIO | None = None
         self._path: str | None = None
+        self._digest: bytes | None = None  # body_digest(), once the body is complete
 
     @property
     def on_disk(self) -> bool:
         return self._file is not None
 
     def write(self, chunk: bytes) -> None:
+        self._digest = None
         self.size += len(chunk)
         if not self.eight_bit and not chunk.isascii():
             self.eight_bit = True
@@ -43,16 +45,19 @@ class Spool:
         self._file.write(chunk)
 
     def body_digest(self) -> bytes:
-        """SHA-256 of the body, for a content-derived Message-ID.
+        """SHA-256 of the body, for the scan memo's key and a content-derived Message-ID.
 
-        Computed on demand: only messages without a Message-ID need it, and hashing every
-        body as it arrives would cost a 10 MB message some 20 ms of CPU for nothing.
+        Computed on demand, once: only messages the memo may know (not above spam.max_size)
+        or without a Message-ID need it, and hashing every body as it arrives would cost a
+        10 MB message some 20 ms of CPU for nothing.
         """
-        digest = hashlib.sha256()
-        with self.reader() as body:
-            while chunk := body.read(1 << 20):
-                digest.update(chunk)
-        return digest.digest()
+        if self._digest is None:
+            digest = hashlib.sha256()
+            with self.reader() as body:
+                while chunk := body.read(1 << 20):
+                    digest.update(chunk)
+            self._digest = digest.digest()
+        return self._digest
 
     def memory(self) -> bytes:
         """The body, while it is held in memory (b"" once it went to disk)."""

@@ -76,3 +76,12 @@ def test_body_digest_covers_the_whole_body(tmp_path: Path, memory_limit: int) ->
         spool.write(part)
     assert spool.body_digest() == hashlib.sha256(b"first\r\nsecond\r\n").digest()
     spool.close()
+
+
+def test_the_body_digest_is_computed_once_and_follows_new_data() -> None:
+    spool = Spool(memory_limit=1 << 20)
+    spool.write(b"hello\r\n")
+    first = spool.body_digest()
+    assert spool.body_digest() is first  # the memo's key and the Message-ID share one hash
+    spool.write(b"more\r\n")
+    assert spool.body_digest() != first
