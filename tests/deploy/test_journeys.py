@@ -594,17 +594,25 @@ def set_quota_in_ldap(uid: str, kib: int | None) -> None:
         if kib is not None
         else "delete: mailQuotaKiB\n"
     )
-    dn = f"uid={uid},ou=people,dc=example,dc=org"
-    ldif = f"dn: {dn}\nchangetype: modify\n{change}-\n"
-    done = subprocess.run(
-        ["ldapmodify", "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///"],
-        input=ldif,
+    ldif = f"dn: {member_dn(uid)}\nchangetype: modify\n{change}-\n"
+    done = ldap_as_root("ldapmodify", ldif)
+    assert done.returncode in (0, 16), done.stderr  # 16: there was nothing to delete
+
+
+def member_dn(uid: str) -> str:
+    return f"uid={uid},ou=people,dc=example,dc=org"
+
+
+def ldap_as_root(tool: str, stdin: str = "", *args: str) -> subprocess.CompletedProcess[str]:
+    """An ldap-utils tool as root on this host (ldapi, SASL EXTERNAL): how an admin edits LDAP."""
+    return subprocess.run(
+        [tool, "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
         timeout=30,
     )
-    assert done.returncode in (0, 16), done.stderr  # 16: there was nothing to delete
 
 
 def run_quota_pass() -> str:
@@ -687,37 +695,18 @@ def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dic
     uid = f"newcomer-{token()}"
     who = {"uid": uid, "mail": f"{uid}@example.org", "password": f"pw-{token()}"}
     ldif = (
-        f"dn: uid={uid},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\n"
+        f"dn: {member_dn(uid)}\nobjectClass: inetOrgPerson\n"
         f"objectClass: mailglueMailbox\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
         f"mail: {who['mail']}\nuserPassword: {who['password']}\n"
     )
-    subprocess.run(
-        ["ldapadd", "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///"],
-        input=ldif,
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    added = ldap_as_root("ldapadd", ldif)
+    assert added.returncode == 0, added.stderr
     try:
         with smoke.imap_login(uid, who["password"]):
             pass  # Cyrus creates the mailbox
         yield who
     finally:
-        subprocess.run(
-            [
-                "ldapdelete",
-                "-Q",
-                "-Y",
-                "EXTERNAL",
-                "-H",
-                "ldapi:///",
-                f"uid={uid},ou=people,dc=example,dc=org",
-            ],
-            check=False,
-            capture_output=True,
-            timeout=30,
-        )
+        ldap_as_root("ldapdelete", "", member_dn(uid))
         admin.setacl(f"user.{uid}", deployed["vars"].get("mail_admin_user", "cyrus"), "all")
         admin.delete(f"user.{uid}")
 
