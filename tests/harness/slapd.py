@@ -79,7 +79,10 @@ class Slapd:
     def configure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         includes = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in SCHEMAS)
-        includes += f"include {MAILGLUE_SCHEMA}\n"
+        # A copy in our own directory: the checkout may sit where slapd's user cannot read.
+        schema = self.root / MAILGLUE_SCHEMA.name
+        schema.write_bytes(MAILGLUE_SCHEMA.read_bytes())
+        includes += f"include {schema}\n"
         self.conf_path.write_text(
             f"""\
 {includes}
