@@ -1,7 +1,7 @@
 """mailglue's daemons and tools, one room (subpackage) per role:
 
 - `common`: what every room may use: configuration kit, JSON event log, daemon lifecycle,
-  sockets, LDAP settings, secrets, mail addresses, SMTP replies, Prometheus plumbing;
+  sockets, LDAP settings and the user directory, secrets, mail addresses, Prometheus plumbing;
 - `scanners`: the spamd (check and learn) and clamd clients;
 - `scan`: the scan milter: pure verdict, headers, shadow mode, its typed transaction event,
   session callbacks, spool, LMTP delivery, daemon, metrics, config;
@@ -12,7 +12,7 @@
 - `dns`: the DNS records an admin publishes for the mail domains.
 
 `cli` parses `mailglue SUBCOMMAND` and dispatches. The rule (tests/unit/test_rooms.py):
-`common` imports no other room; `ops`, `learn` and `quota` never load the milter session or
-pymilter;
-`lmtp_bridge` imports nothing from `milters`.
+`common` imports no other room; `scan` and `policy` share only `common`; `ops`, `learn` and
+`quota` never load the milter session or pymilter; `lmtp_bridge` imports nothing from
+`milters`, and its `Reply` is the one type for an SMTP or LMTP reply everywhere.
 """

@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from milters.common.configkit import ConfigReader
 from milters.common.secrets import Secret, read_secret
 
-__all__ = ["LdapConfig", "read_filter", "read_ldap"]
+__all__ = ["AliasConfig", "LdapConfig", "read_filter", "read_ldap"]
+
+
+@dataclass(frozen=True)
+class AliasConfig:
+    """Where aliases live in LDAP (Postfix's virtual_alias_maps reads the same entries)."""
+
+    base: str
+    filter: str = "(objectClass=nisMailAlias)"
+    key_attribute: str = "cn"
+    member_attribute: str = "rfc822MailMember"
+    max_depth: int = 8
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from milters.common.addresses import normal_domain
 from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
-from milters.common.ldapconfig import LdapConfig, read_filter, read_ldap
+from milters.common.ldapconfig import AliasConfig, LdapConfig, read_filter, read_ldap
 from milters.common.secrets import Secret
 from milters.common.sockets import (
     Address,
@@ -66,17 +66,6 @@ class RateLimitConfig:
     max_keys: int = 100_000
     sasl_user: RateLimits = RateLimits(messages=200, recipients=1000)
     client_address: RateLimits = RateLimits()
-
-
-@dataclass(frozen=True)
-class AliasConfig:
-    """Where aliases live in LDAP (Postfix's virtual_alias_maps reads the same entries)."""
-
-    base: str
-    filter: str = "(objectClass=nisMailAlias)"
-    key_attribute: str = "cn"
-    member_attribute: str = "rfc822MailMember"
-    max_depth: int = 8
 
 
 @dataclass(frozen=True)

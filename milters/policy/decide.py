@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from milters.common.addresses import base_address, domain_of
+from milters.common.directory import User
 from milters.policy.aliases import Expansion
 from milters.policy.config import RateLimitConfig, RateLimits, SenderRules
 from milters.policy.ratelimit import RateExceeded
@@ -37,15 +38,6 @@ __all__ = [
 ]
 
 DUNNO = "DUNNO"
-
-
-@dataclass(frozen=True)
-class User:
-    """A directory entry: login name and every address it owns (lower case)."""
-
-    uid: str
-    addresses: tuple[str, ...]
-    route: str | None = None  # the route attribute's value (e.g. mailHost), when asked for
 
 
 @dataclass(frozen=True)

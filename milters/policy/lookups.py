@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from milters.common.ldapconn import DirectoryUnavailable
 from milters.policy.aliases import MAX_DEPTH, Expansion, expand
 from milters.policy.decide import (
     FULL,
@@ -23,7 +24,6 @@ from milters.policy.decide import (
     User,
     UserLookup,
 )
-from milters.policy.directory import DirectoryUnavailable
 from milters.policy.mailbox import MailboxFull, MailboxUnavailable
 
 __all__ = ["AliasRules", "Backends", "Directory", "Gathered", "Mailboxes", "gather"]

@@ -22,9 +22,9 @@ from lmtp_bridge import (
     Timeouts,
     parse_backend_address,
 )
+from milters.common.directory import User
 from milters.common.sockets import Address
 from milters.policy.config import MailboxConfig
-from milters.policy.decide import User
 
 __all__ = [
     "LmtpProbe",

@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from milters.common.configkit import ConfigError
+from milters.common.directory import LdapDirectory
 from milters.common.jsonlog import EventLog
 from milters.common.prometheus import serve as serve_metrics
 from milters.common.sockets import UnixAddress, parse_address
 from milters.policy.aliases import MAX_DEPTH, Expansion
 from milters.policy.config import PolicyConfig, load_policy_config
 from milters.policy.decide import Decision, Facts, apply_rate, decide, plan, rate_key
-from milters.policy.directory import LdapDirectory
 from milters.policy.lookups import AliasRules, Backends, Gathered, gather
 from milters.policy.mailbox import MailboxChecker
 from milters.policy.metrics import PolicyMetrics

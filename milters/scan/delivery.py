@@ -25,7 +25,8 @@ from lmtp_bridge import (
 )
 from lmtp_bridge.routing import mail_host_backend
 from milters.common.addresses import base_address, domain_of
-from milters.policy.directory import DirectoryUnavailable, LdapDirectory
+from milters.common.directory import LdapDirectory
+from milters.common.ldapconn import DirectoryUnavailable
 from milters.scan.config import DeliveryConfig
 
 MAX_IDLE_PER_BACKEND = 16

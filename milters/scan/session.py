@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 import Milter
 
 from lmtp_bridge import FoldAction, FoldDecision, Mode, fold
+from lmtp_bridge.replies import Reply
 from milters.common.addresses import bare
 from milters.common.jsonlog import elapsed_ms
 from milters.scan.delivery import Deliverer
@@ -39,7 +40,6 @@ from milters.scan.shadow import ShadowVerdict, shadow_decide
 from milters.scan.spool import Spool, message_stream
 from milters.scan.verdict import (
     Action,
-    SmtpReply,
     Verdict,
     for_our_user,
 )
@@ -47,9 +47,7 @@ from milters.scan.verdict import (
 T = TypeVar("T")
 Callback = TypeVar("Callback", bound=Callable[..., int])
 MILTER_FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT
-ERROR_REPLY = SmtpReply(
-    "451", "4.3.0", "Temporary error in the mail filter, please try again later"
-)
+ERROR_REPLY = Reply.make(451, "4.3.0", "Temporary error in the mail filter, please try again later")
 
 
 def no_reply(callback: Callback) -> Callback:
@@ -235,7 +233,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             self.rt.memo.put(key, report)
         verdict = shadow_decide(report.virus, report.spam, self.rt.policy, config.shadow)
         if client.auth_user:
-            applied = for_our_user(verdict.applied, report.spam, self.rt.policy)
+            applied = for_our_user(verdict.applied, report.virus, report.spam, self.rt.policy)
             verdict = replace(verdict, applied=applied)
         return verdict, report
 
@@ -347,8 +345,8 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             except FutureTimeout:
                 self.progress()
 
-    def _reply(self, reply: SmtpReply, status: int, fields: TransactionEvent) -> int:
-        self.setreply(reply.code, reply.enhanced, milter_text(reply.text))
+    def _reply(self, reply: Reply, status: int, fields: TransactionEvent) -> int:
+        self.setreply(str(reply.code), reply.enhanced, milter_text(reply.text))
         fields.reply = str(reply)
         self._log(fields)
         return status
@@ -363,7 +361,8 @@ def postfix_250(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id or '?'}"
 
 
-def fold_reply(decision: FoldDecision) -> SmtpReply:
+def fold_reply(decision: FoldDecision) -> Reply:
+    """The folded LMTP reply as the milter gives it, always with an enhanced status code."""
     assert decision.reply is not None
     reply = decision.reply
-    return SmtpReply(str(reply.code), reply.enhanced or f"{reply.code // 100}.0.0", reply.text)
+    return Reply.make(reply.code, reply.enhanced or f"{reply.code // 100}.0.0", reply.text)

@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
+from lmtp_bridge.replies import Reply
+
 MAX_STARS = 50
 
 
@@ -17,16 +19,6 @@ class Action(enum.Enum):
     ACCEPT = "accept"
     REJECT = "reject"
     TEMPFAIL = "tempfail"
-
-
-@dataclass(frozen=True)
-class SmtpReply:
-    code: str
-    enhanced: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +65,7 @@ class VerdictPolicy:
 @dataclass(frozen=True)
 class Verdict:
     action: Action
-    reply: SmtpReply | None  # None: the milter accepts (delivery decides the final reply)
+    reply: Reply | None  # None: the milter accepts (delivery decides the final reply)
     headers: tuple[tuple[str, str], ...]  # to add, in order
     reason: str  # one phrase for the log: "clean", "spam", "virus", "clamd failed", ...
 
@@ -100,7 +92,7 @@ def spam_status(score: SpamScore, flagged: bool, tag_above: Decimal) -> str:
 
 
 def _tempfail(what: str, reason: str) -> Verdict:
-    reply = SmtpReply("451", "4.7.1", f"{what} temporarily unavailable, please try again later")
+    reply = Reply.make(451, "4.7.1", f"{what} temporarily unavailable, please try again later")
     return Verdict(Action.TEMPFAIL, reply, (), reason)
 
 
@@ -117,12 +109,12 @@ def decide(virus: VirusCheck, spam: SpamCheck, policy: VerdictPolicy) -> Verdict
     headers: list[tuple[str, str]] = []
 
     if isinstance(virus, Infected):
-        reply = SmtpReply("554", "5.7.1", f"Message rejected: virus found ({virus.signature})")
+        reply = Reply.make(554, "5.7.1", f"Message rejected: virus found ({virus.signature})")
         return Verdict(Action.REJECT, reply, (), "virus")
     if isinstance(virus, Unscanned):
         if virus.cause is SkipCause.OVERSIZE:
             if policy.clamd_on_oversize == "reject":
-                reply = SmtpReply("552", "5.3.4", "Message too big to be scanned for viruses")
+                reply = Reply.make(552, "5.3.4", "Message too big to be scanned for viruses")
                 return Verdict(Action.REJECT, reply, (), "too big for clamd")
             if policy.clamd_on_oversize == "tempfail":
                 return _tempfail("Virus scanning of a message this size", "too big for clamd")
@@ -139,8 +131,8 @@ def decide(virus: VirusCheck, spam: SpamCheck, policy: VerdictPolicy) -> Verdict
         return Verdict(Action.ACCEPT, None, tuple(headers), f"spamd {spam.cause.value}")
 
     if spam.score >= policy.reject_at:
-        reply = SmtpReply(
-            "550", "5.7.1", f"Message rejected as spam (score {format_score(spam.score)})"
+        reply = Reply.make(
+            550, "5.7.1", f"Message rejected as spam (score {format_score(spam.score)})"
         )
         return Verdict(Action.REJECT, reply, (), "spam")
 
@@ -154,7 +146,9 @@ def decide(virus: VirusCheck, spam: SpamCheck, policy: VerdictPolicy) -> Verdict
     return Verdict(Action.ACCEPT, None, tuple(headers), "tagged" if flagged else "clean")
 
 
-def for_our_user(verdict: Verdict, spam: SpamCheck, policy: VerdictPolicy) -> Verdict:
+def for_our_user(
+    verdict: Verdict, virus: VirusCheck, spam: SpamCheck, policy: VerdictPolicy
+) -> Verdict:
     """The same verdict, its refusal worded for one of our users sending out (after AUTH):
     they read it in their mail client's error box, so it says that nothing was sent and why.
     """
@@ -169,8 +163,8 @@ def for_our_user(verdict: Verdict, spam: SpamCheck, policy: VerdictPolicy) -> Ve
             f"(refused from {format_score(policy.reject_at)}), mostly for {why}; "
             "change the text or ask postmaster"
         )
-    elif verdict.reason == "virus":
-        text = f"Not sent: {reply.text[len('Message rejected: ') :]} in your message"
+    elif verdict.reason == "virus" and isinstance(virus, Infected):
+        text = f"Not sent: virus found ({virus.signature}) in your message"
     else:
         return verdict
-    return Verdict(verdict.action, SmtpReply(reply.code, reply.enhanced, text), (), verdict.reason)
+    return Verdict(verdict.action, Reply.make(reply.code, reply.enhanced, text), (), verdict.reason)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from milters.common.directory import User
 from milters.common.jsonlog import EventLog
+from milters.common.ldapconn import DirectoryUnavailable
 from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, parse_policy_config
-from milters.policy.decide import User
-from milters.policy.directory import DirectoryUnavailable
 from milters.policy.lookups import Backends
 from milters.policy.mailbox import MailboxFull
 from milters.policy.metrics import PolicyMetrics

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from milters.common.directory import User
 from milters.policy.config import MailboxConfig
-from milters.policy.decide import User
 from milters.policy.mailbox import MailboxCache, MailboxChecker, MailboxUnavailable, probe_recipient
 
 ALICE = User("alice", ("alice@example.org",))

@@ -93,6 +93,15 @@ def test_ops_learn_and_quota_never_load_the_milter_session(module: str) -> None:
     assert not [n for n in reached if n.split(".")[0] in PYMILTER], "pymilter is loaded"
 
 
+@pytest.mark.parametrize(
+    ("module", "other"),
+    [*((m, "policy") for m in _in("milters.scan")), *((m, "scan") for m in _in("milters.policy"))],
+)
+def test_the_milter_and_the_policy_service_share_only_common(module: str, other: str) -> None:
+    """What both daemons need (the LDAP directory, addresses) lives in `common`."""
+    assert not [n for n in _direct(module) if _room(n) == other]
+
+
 @pytest.mark.parametrize("module", _in("lmtp_bridge"))
 def test_lmtp_bridge_imports_nothing_from_milters(module: str) -> None:
     assert not [n for n in _direct(module) if n.split(".")[0] == "milters"]

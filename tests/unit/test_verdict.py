@@ -104,7 +104,7 @@ def test_backend_failure_tempfails_by_default() -> None:
     for virus, spam in cases:
         verdict = decide(virus, spam, DEFAULT)
         assert verdict.action is Action.TEMPFAIL
-        assert verdict.reply is not None and verdict.reply.code == "451"
+        assert verdict.reply is not None and verdict.reply.code == 451
         assert verdict.reply.enhanced == "4.7.1"
 
 
@@ -132,12 +132,12 @@ def test_spam_oversize_is_accepted_and_said() -> None:
 @pytest.mark.parametrize(
     ("policy", "action", "code"),
     [
-        ("reject", Action.REJECT, "552"),
-        ("tempfail", Action.TEMPFAIL, "451"),
+        ("reject", Action.REJECT, 552),
+        ("tempfail", Action.TEMPFAIL, 451),
         ("accept", Action.ACCEPT, None),
     ],
 )
-def test_clamd_oversize_policy(policy: str, action: Action, code: str | None) -> None:
+def test_clamd_oversize_policy(policy: str, action: Action, code: int | None) -> None:
     skipped = Unscanned("clamd", SkipCause.OVERSIZE, "size limit exceeded")
     verdict = decide(skipped, score("0"), VerdictPolicy(clamd_on_oversize=policy))
     assert verdict.action is action
@@ -196,10 +196,10 @@ def test_outbound_spam_refusal_says_not_sent_and_why() -> None:
         ),
     )
     verdict = decide(Clean(), spam, VerdictPolicy())
-    worded = for_our_user(verdict, spam, VerdictPolicy())
+    worded = for_our_user(verdict, Clean(), spam, VerdictPolicy())
     assert worded.action is Action.REJECT and worded.reason == "spam"
     assert worded.reply is not None
-    assert (worded.reply.code, worded.reply.enhanced) == ("550", "5.7.1")
+    assert (worded.reply.code, worded.reply.enhanced) == (550, "5.7.1")
     assert worded.reply.text == (
         "Not sent: our spam filter scored your message 7.5 (refused from 5.0), "
         "mostly for BIG_ONE, MIDDLE, A_SMALL; change the text or ask postmaster"
@@ -208,16 +208,17 @@ def test_outbound_spam_refusal_says_not_sent_and_why() -> None:
 
 def test_outbound_virus_refusal_names_the_virus() -> None:
     spam = SpamScore(Decimal(0), ())
-    verdict = decide(Infected("Eicar-Test-Signature"), spam, VerdictPolicy())
-    worded = for_our_user(verdict, spam, VerdictPolicy())
-    assert worded.reply is not None and worded.reply.code == "554"
+    virus = Infected("Eicar-Test-Signature")
+    verdict = decide(virus, spam, VerdictPolicy())
+    worded = for_our_user(verdict, virus, spam, VerdictPolicy())
+    assert worded.reply is not None and worded.reply.code == 554
     assert worded.reply.text == "Not sent: virus found (Eicar-Test-Signature) in your message"
 
 
 def test_outbound_accept_and_tempfail_are_unchanged() -> None:
     clean = SpamScore(Decimal("3.5"), ())
     accepted = decide(Clean(), clean, VerdictPolicy())
-    assert for_our_user(accepted, clean, VerdictPolicy()) is accepted
+    assert for_our_user(accepted, Clean(), clean, VerdictPolicy()) is accepted
     down = Unscanned("spamd", SkipCause.FAILED, "refused")
     deferred = decide(Clean(), down, VerdictPolicy())
-    assert for_our_user(deferred, down, VerdictPolicy()) is deferred
+    assert for_our_user(deferred, Clean(), down, VerdictPolicy()) is deferred

@@ -11,19 +11,28 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import ldap
 import ldap.filter
 
+from milters.common.ldapconfig import AliasConfig, LdapConfig
 from milters.common.ldapconn import DirectoryUnavailable, describe, open_connection
-from milters.policy.config import AliasConfig, LdapConfig
-from milters.policy.decide import User
 
-__all__ = ["DirectoryUnavailable", "LdapDirectory", "open_connection", "user_filter"]
+__all__ = ["DirectoryUnavailable", "LdapDirectory", "User", "user_filter"]
 
 
 Entries = list[tuple[str, dict[str, list[bytes]]]]
+
+
+@dataclass(frozen=True)
+class User:
+    """A directory entry: login name and every address it owns (lower case)."""
+
+    uid: str
+    addresses: tuple[str, ...]
+    route: str | None = None  # the route attribute's value (e.g. mailHost), when asked for
 
 
 def user_filter(base_filter: str, attributes: Iterable[str], value: str) -> str:
