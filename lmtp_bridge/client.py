@@ -23,7 +23,6 @@ One `LmtpClient` holds at most one connection and is not thread-safe: use one pe
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -62,8 +61,6 @@ __all__ = [
     "Timeouts",
     "Timings",
 ]
-
-log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
 _RECV_SIZE = 64 * 1024
@@ -152,6 +149,9 @@ class DeliveryResult:
     backend: str
     outcomes: Mapping[str, RecipientReply]
     timings: Timings
+    # Why the connection held from an earlier transaction was given up first (dead, or RSET
+    # refused), for the caller's log; None when there was nothing to give up.
+    replaced: str | None = None
 
     @property
     def replies(self) -> dict[str, Reply]:
@@ -259,6 +259,7 @@ class LmtpClient:
         self.chunk_size = chunk_size
         self.trust_idle = trust_idle
         self._conn: _Connection | None = None
+        self._replaced: str | None = None  # see DeliveryResult.replaced
 
     def __enter__(self) -> LmtpClient:
         return self
@@ -312,6 +313,7 @@ class LmtpClient:
             return self._transaction(conn, reused, envelope, message, deadline, t0)
         except _StaleConnection:  # closed by the server just as we reused it: nothing was sent
             conn, reused = self._ready(deadline)
+            self._replaced = "the held connection was closed by the server; reconnected"
             return self._transaction(conn, reused, envelope, message, deadline, t0)
 
     def _transaction(
@@ -364,7 +366,7 @@ class LmtpClient:
             milliseconds(t0, t4),
             reused is not _Reuse.NEW,
         )
-        return DeliveryResult(str(self.address), tx.result, timings)
+        return DeliveryResult(str(self.address), tx.result, timings, self._replaced)
 
     def probe(self, recipient: str, *, deadline: float | None = None) -> Reply:
         """RCPT-check one mailbox (MAIL FROM:<>, RCPT TO, RSET); return the RCPT reply.
@@ -432,6 +434,7 @@ class LmtpClient:
     ) -> tuple[_Connection, _Reuse]:
         """A connection in a clean state: the held one if still good (see the module
         docstring; `trust_quiet` allows skipping RSET), else a new one."""
+        self._replaced = None
         conn = self._conn
         if conn is not None:
             idle = time.monotonic() - conn.last_used
@@ -449,12 +452,12 @@ class LmtpClient:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise
                 except BackendUnavailable as exc:
-                    log.debug("reused connection to %s is dead (%s); reconnecting", conn.label, exc)
+                    self._replaced = f"the held connection was dead ({exc}); reconnected"
                     self._drop()
                 else:
                     if reply.is_positive:
                         return conn, _Reuse.CHECKED
-                    log.debug("RSET on %s answered %s; reconnecting", conn.label, reply)
+                    self._replaced = f"RSET on the held connection answered {reply}; reconnected"
                     self._drop()
         try:
             self._conn = self._connect(deadline)

@@ -36,6 +36,7 @@ MAX_IDLE_PER_BACKEND = 16
 class Delivery:
     outcomes: dict[str, Outcome]
     backends: dict[str, str]  # recipient -> the LMTP backend it was routed to (for the log)
+    reconnects: dict[str, str]  # backend -> why its held connection was replaced (for the log)
 
 
 class Deliverer:
@@ -114,6 +115,7 @@ class Deliverer:
         plan = self.router.plan(recipients)
         outcomes: dict[str, Outcome] = {r: why.outcome() for r, why in plan.unrouted.items()}
         backends = {r: str(b) for b, group in plan.groups.items() for r in group}
+        reconnects: dict[str, str] = {}
         for backend, group in plan.groups.items():
             client = self._acquire(backend)
             try:
@@ -122,11 +124,13 @@ class Deliverer:
                     sender, group, message, size, eight_bit=eight_bit, deadline=deadline
                 )
                 outcomes.update(result.replies)
+                if result.replaced is not None:
+                    reconnects[result.backend] = result.replaced
             except BackendUnavailable as exc:
                 outcomes.update(exc.outcomes(group))
             finally:
                 self._release(backend, client)
-        return Delivery(outcomes, backends)
+        return Delivery(outcomes, backends, reconnects)
 
     def close(self) -> None:
         with self._lock:

@@ -315,6 +315,8 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
                 )
             )
         fields.timings_ms["lmtp"] = elapsed_ms(started)
+        for backend, why in delivery.reconnects.items():
+            self.service.emit("lmtp.reconnect", queue_id=queue_id, backend=backend, reason=why)
         non_local = [bare(r) for r in self.recipients if r not in local]
         mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
         decision = fold(delivery.outcomes, non_local, mode)

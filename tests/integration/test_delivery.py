@@ -99,6 +99,29 @@ def test_cyrus_down_gives_451_and_a_resend_is_delivered_once(
     assert copies(cyrus, "alice", mid) == 1
 
 
+def test_a_cyrus_restart_between_messages_costs_a_reconnect_not_a_deferral(
+    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
+) -> None:
+    """The milter holds its LMTP connection between messages; after Cyrus restarts, the next
+    message goes out on a new one and the log says why, under that message's queue id."""
+    first = send(postfix.address, SENDER, ["alice@example.org"], message(unique_message_id()))
+    assert first.data is not None and first.data.code == 250, first
+    cyrus.stop()
+    cyrus.start()
+    mid = unique_message_id()
+    tx = send(postfix.address, SENDER, ["alice@example.org"], message(mid))
+    assert tx.data is not None and tx.data.code == 250, tx
+    assert copies(cyrus, "alice", mid) == 1
+    queue_id = scan_milter.transaction(mid)["queue_id"]
+    (reconnect,) = [
+        e
+        for e in scan_milter.events()
+        if e.get("event") == "lmtp.reconnect" and e.get("queue_id") == queue_id
+    ]
+    assert reconnect["reason"].startswith("the held connection was dead"), reconnect
+    assert reconnect["backend"], reconnect
+
+
 def test_all_local_recipients_refused_is_cyrus_5xx_to_the_client(
     scan_milter: ScanMilter, postfix: Postfix
 ) -> None:

@@ -360,6 +360,7 @@ def test_connection_reused_at_once_after_a_complete_transaction(serve: Serve) ->
         second = client.deliver("s@x", ["b@x"], MESSAGE)
         assert client.connected
     assert not first.timings.reused_connection and second.timings.reused_connection
+    assert first.replaced is None and second.replaced is None
     (session,) = server.sessions
     assert "RSET" not in session.commands
     assert session.messages == [MESSAGE, MESSAGE]
@@ -379,19 +380,23 @@ def test_connection_idle_beyond_trust_idle_is_checked_with_rset(serve: Serve) ->
 
 
 @pytest.mark.parametrize(
-    ("script", "pause"),
+    ("script", "pause", "why"),
     [
         # the server closed the idle connection (its timeout, a restart)
-        (Script(close_on="AFTER-TX"), 0.0),
+        (Script(close_on="AFTER-TX"), 0.0, "the held connection was dead ("),
         # it said 421 (idle timeout, shutdown) between transactions: that connection is done
-        (Script(say_after_tx="421 4.4.2 idle too long"), 0.3),  # sent a byte at a time
+        (
+            Script(say_after_tx="421 4.4.2 idle too long"),
+            0.3,  # sent a byte at a time
+            "RSET on the held connection answered 421 4.4.2 idle too long",
+        ),
         # it hung up between our check and our MAIL: nothing was sent, so try again once
-        (Script(close_on="NEXT-MAIL"), 0.0),
+        (Script(close_on="NEXT-MAIL"), 0.0, "the held connection was closed by the server"),
     ],
     ids=["closed", "said-421", "closed-as-reused"],
 )
 def test_connection_the_server_gave_up_is_replaced(
-    serve: Serve, script: Script, pause: float
+    serve: Serve, script: Script, pause: float, why: str
 ) -> None:
     server = serve(script)
     with LmtpClient(server.address, timeouts=FAST) as client:
@@ -400,6 +405,7 @@ def test_connection_the_server_gave_up_is_replaced(
         result = client.deliver("s@x", ["b@x"], MESSAGE)
     assert result.replies["b@x"].code == 250
     assert not result.timings.reused_connection
+    assert result.replaced is not None and why in result.replaced  # for the caller's log
     assert [len(session.messages) for session in server.sessions] == [1, 1]
 
 
