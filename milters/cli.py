@@ -117,22 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     learn = sub.add_parser("learn", help="teach spamd from the LearnSpam folder")
     learn.add_argument("--config", required=True, help="path to learn.yaml")
-    learn.add_argument(
-        "--every",
-        type=float,
-        metavar="SECONDS",
-        help="run again every SECONDS until stopped (run as a service; Ansible does this)",
-    )
+    _add_every(learn)
     learn.set_defaults(handler=_learn)
 
     quota = sub.add_parser("quota", help="set each member's Cyrus quota from LDAP")
     quota.add_argument("--config", required=True, help="path to quota.yaml")
-    quota.add_argument(
-        "--every",
-        type=float,
-        metavar="SECONDS",
-        help="run again every SECONDS until stopped (run as a service; Ansible does this)",
-    )
+    _add_every(quota)
     quota.add_argument("--dry-run", action="store_true", help="log what would change; set nothing")
     quota.set_defaults(handler=_quota)
 
@@ -175,3 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _add_every(command: argparse.ArgumentParser) -> None:
+    """`--every SECONDS`: the periodic commands run once, or as a service (common/periodic)."""
+    command.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run again every SECONDS until stopped (run as a service; Ansible does this)",
+    )
