@@ -92,6 +92,7 @@ class PolicyConfig:
     ldap: LdapConfig = field(default_factory=LdapConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     aliases: AliasConfig | None = None  # None: no alias lookups (every non-user is unknown)
+    lists_map: str | None = None  # Mailman's postfix_lmtp: its addresses are known recipients
     senders: SenderRules = field(default_factory=SenderRules)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     log_file: str | None = None
@@ -230,6 +231,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         ldap=read_ldap(top.section("ldap")),
         mailbox=_mailbox(top.section("mailbox")),
         aliases=_aliases(top),
+        lists_map=top.optional_text("lists_map"),
         senders=_senders(top.section("senders")),
         rate_limits=_rate_limits(top.section("rate_limits")),
         log_file=log_path,

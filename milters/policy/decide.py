@@ -110,6 +110,7 @@ class Facts:
     sender_alias: AliasLookup = None  # the sender as an alias, when the login owns it not
     recipient_alias: AliasLookup = None  # the recipient as an alias, when it is no user
     members: tuple[MemberCheck, ...] = ()  # recipient_alias's local members, checked
+    recipient_list: bool = False  # the recipient is a Mailman list address (no user asked)
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,8 @@ def decide(request: Mapping[str, str], wanted: Plan, facts: Facts) -> Decision:
         return refused
     if wanted.recipient is None:
         return Decision(DUNNO, "not_checked")
+    if facts.recipient_list:
+        return Decision(DUNNO, "mailing_list")
     user = facts.recipient_user
     assert user is not None, "plan asked for the recipient's user"
     if isinstance(user, Outage):

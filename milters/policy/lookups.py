@@ -41,10 +41,15 @@ class Mailboxes(Protocol):
     def close(self) -> None: ...
 
 
+class Lists(Protocol):
+    def backend(self, address: str) -> object | None: ...
+
+
 @dataclass(frozen=True)
 class Backends:
     directory: Directory
     mailboxes: Mailboxes
+    lists: Lists | None = None  # Mailman's list addresses; None: no lists
 
     def close(self) -> None:
         self.directory.close()
@@ -121,6 +126,9 @@ def gather(wanted: Plan, backends: Backends, rules: AliasRules | None = None) ->
         if isinstance(login_user, User) and not owns and wanted.sender is not None:
             sender_alias = _alias(directory, wanted.sender, rules)
         facts = Facts(login_user=login_user, sender_alias=sender_alias)
+    lists = backends.lists
+    if wanted.recipient is not None and lists and lists.backend(wanted.recipient) is not None:
+        return Gathered(replace(facts, recipient_list=True))  # Mailman takes it
     if wanted.recipient is not None:
         user = _find(directory, wanted.recipient)
         if isinstance(user, User):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from milters.common.configkit import ConfigError
 from milters.common.directory import LdapDirectory
 from milters.common.jsonlog import EventLog
+from milters.common.listmap import ListMap
 from milters.common.prometheus import serve as serve_metrics
 from milters.common.sockets import UnixAddress, parse_address
 from milters.policy.aliases import MAX_DEPTH, Expansion
@@ -44,12 +45,19 @@ INTERNAL = Decision("DEFER_IF_PERMIT 4.3.0 internal policy error, try again late
 SHUTDOWN_GRACE = 15.0
 UNIX_SOCKET_MODE = 0o666  # Postfix's smtpd (user postfix) must connect; protect the directory
 
-BackendsFactory = Callable[[PolicyConfig], Backends]
+BackendsFactory = Callable[[PolicyConfig, EventLog], Backends]
 
 
-def default_backends(config: PolicyConfig) -> Backends:
+def default_backends(config: PolicyConfig, log: EventLog) -> Backends:
     directory = LdapDirectory(config.ldap, aliases=config.aliases)
-    return Backends(directory, MailboxChecker(config.mailbox))
+    lists = None
+    if config.lists_map is not None:
+
+        def lists_map_problem(message: str) -> None:
+            log.emit("lists.map_problem", message=message)
+
+        lists = ListMap(config.lists_map, lists_map_problem)
+    return Backends(directory, MailboxChecker(config.mailbox), lists)
 
 
 def verdict(action: str) -> str:
@@ -84,7 +92,7 @@ class PolicyServer:
     ) -> None:
         self._factory = backends_factory
         self.metrics = metrics
-        self._state = _State(config, backends_factory(config))
+        self._state = _State(config, backends_factory(config, log))
         self.log = log
         self._clock = clock
         rl = config.rate_limits
@@ -165,7 +173,7 @@ class PolicyServer:
         if config.log_file != old.config.log_file:
             self.log.close()
             self.log = EventLog(config.log_file)
-        self._state = _State(config, self._factory(config))
+        self._state = _State(config, self._factory(config, self.log))
         self.limiter.reconfigure(config.rate_limits.window, config.rate_limits.max_keys)
         old.backends.close()
         self.log.emit("config_reloaded", config=config.source)

@@ -68,6 +68,7 @@ class DeliveryConfig:
     route_attribute: str | None = None  # per-recipient backend from LDAP, e.g. mailHost
     ldap: LdapConfig | None = None  # users (LMTP now) vs aliases (Postfix), route_attribute
     recipient_delimiter: str = ""  # as Postfix's: `alice+tag@` is looked up as `alice@`
+    lists_map: str | None = None  # Mailman's postfix_lmtp: list posts go to Mailman's LMTP now
     connect_timeout: float = 10.0
     command_timeout: float = 30.0
     final_timeout: float = 120.0
@@ -156,6 +157,7 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
         route_attribute=reader.optional_text("route_attribute"),
         ldap=read_ldap(reader.section("ldap")) if reader.has("ldap") else None,
         recipient_delimiter=reader.optional_text("recipient_delimiter") or "",
+        lists_map=reader.optional_text("lists_map"),
         connect_timeout=reader.seconds("connect_timeout", d.connect_timeout),
         command_timeout=reader.seconds("command_timeout", d.command_timeout),
         final_timeout=reader.seconds("final_timeout", d.final_timeout),

@@ -99,7 +99,8 @@ def run(config: MilterConfig) -> None:
     """
     metrics = MilterMetrics() if config.metrics_listen is not None else None
     log = EventLog(config.log_file)
-    service = MilterService(config, Scanner(config), log, make_deliverer(config), metrics=metrics)
+    deliverer = make_deliverer(config, log)
+    service = MilterService(config, Scanner(config), log, deliverer, metrics=metrics)
     Milter.factory = lambda: ScanMilter(service)
     Milter.set_flags(MILTER_FLAGS)
     if metrics is not None and config.metrics_listen is not None:

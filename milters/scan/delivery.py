@@ -6,12 +6,14 @@ the client gets. LMTP connections are pooled per backend and reused across trans
 
 With `delivery.ldap`, only recipients that are LDAP users go over LMTP: an alias has no
 mailbox of its own, so it stays in Postfix's queue, whose virtual_alias_maps expands it.
+With `delivery.lists_map`, a post to a mailing list goes to Mailman's LMTP runner the same
+way, so the poster's 250 also means "Mailman has it".
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -27,6 +29,7 @@ from lmtp_bridge.routing import mail_host_backend
 from milters.common.addresses import base_address, domain_of
 from milters.common.directory import LdapDirectory
 from milters.common.ldapconn import DirectoryUnavailable
+from milters.common.listmap import ListMap
 from milters.scan.config import DeliveryConfig
 
 MAX_IDLE_PER_BACKEND = 16
@@ -37,17 +40,23 @@ class Delivery:
     outcomes: dict[str, Outcome]
     backends: dict[str, str]  # recipient -> the LMTP backend it was routed to (for the log)
     reconnects: dict[str, str]  # backend -> why its held connection was replaced (for the log)
+    lists: frozenset[str]  # the recipients that are mailing lists (for the log)
 
 
 class Deliverer:
-    def __init__(self, config: DeliveryConfig, lhlo_name: str) -> None:
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        lhlo_name: str,
+        report: Callable[[str], None] | None = None,  # problems with the lists map, for the log
+    ) -> None:
         self.config = config
         self.lhlo_name = lhlo_name
         self.directory: LdapDirectory | None = None
-        override = None
         if config.ldap is not None:
             self.directory = LdapDirectory(config.ldap, config.route_attribute)
-            override = self._ldap_route
+        self.lists = ListMap(config.lists_map, report) if config.lists_map else None
+        override = self._route if self.directory or self.lists else None
         self.router = Router(config.lmtp_backend, config.domain_backends, override)
         self.timeouts = Timeouts(
             connect=config.connect_timeout,
@@ -57,12 +66,18 @@ class Deliverer:
         self._idle: dict[BackendAddress, list[LmtpClient]] = {}
         self._lock = threading.Lock()
 
-    def _ldap_route(self, recipient: str) -> BackendAddress | None:
-        """The recipient's own mailstore from LDAP; None (domain/default backend) when the
-        entry has no such attribute or no entry exists (Cyrus then refuses the recipient).
-        An LDAP outage raises, and the router makes that "no route": a tempfail, not a guess.
+    def _route(self, recipient: str) -> BackendAddress | None:
+        """Mailman's LMTP for a list address; else the recipient's own mailstore from LDAP;
+        None (domain/default backend) when the entry has no such attribute or no entry exists
+        (Cyrus then refuses the recipient). An LDAP outage raises, and the router makes that
+        "no route": a tempfail, not a guess.
         """
-        assert self.directory is not None
+        if self.lists is not None:
+            backend = self.lists.backend(self._base(recipient))
+            if backend is not None:
+                return backend
+        if self.directory is None:
+            return None
         user = self.directory.find_by_address(self._base(recipient))
         if user is None or user.route is None:
             return None
@@ -71,11 +86,17 @@ class Deliverer:
     def _base(self, recipient: str) -> str:
         return base_address(recipient, self.config.recipient_delimiter)
 
+    def is_list(self, recipient: str) -> bool:
+        return self.lists is not None and self.lists.backend(self._base(recipient)) is not None
+
     def is_local(self, recipient: str) -> bool:
         """Ours to deliver now: the recipient's domain is one of `delivery.local_domains` and,
-        when LDAP is configured, it is a user (an alias is left to Postfix's queue)."""
+        when LDAP is configured, it is a user or a mailing list (an alias is left to Postfix's
+        queue)."""
         if domain_of(recipient) not in self.config.local_domains:
             return False
+        if self.is_list(recipient):
+            return True
         if self.directory is None:
             return True
         try:
@@ -130,7 +151,8 @@ class Deliverer:
                 outcomes.update(exc.outcomes(group))
             finally:
                 self._release(backend, client)
-        return Delivery(outcomes, backends, reconnects)
+        lists = frozenset(r for r in recipients if self.is_list(r))
+        return Delivery(outcomes, backends, reconnects, lists)
 
     def close(self) -> None:
         with self._lock:

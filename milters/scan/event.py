@@ -104,10 +104,11 @@ class Recipient:
     outcome: str | None = None  # None: not (yet) delivered by us
     reply: str = ""
     backend: str | None = None
+    mailing_list: bool = False  # a list address, delivered to Mailman rather than a mailbox
 
     @classmethod
-    def folded(cls, log: RecipientLog, backend: str | None) -> Recipient:
-        return cls(log.recipient, log.local, log.outcome.value, log.reply, backend)
+    def folded(cls, log: RecipientLog, backend: str | None, mailing_list: bool) -> Recipient:
+        return cls(log.recipient, log.local, log.outcome.value, log.reply, backend, mailing_list)
 
     def to_json(self) -> dict[str, Any]:
         if self.outcome is None:
@@ -120,6 +121,8 @@ class Recipient:
         }
         if self.backend:
             out["backend"] = self.backend
+        if self.mailing_list:
+            out["list"] = True
         return out
 
     @classmethod
@@ -130,6 +133,7 @@ class Recipient:
             outcome=data.get("outcome"),
             reply=str(data.get("reply") or ""),
             backend=data.get("backend"),
+            mailing_list=bool(data.get("list")),
         )
 
 

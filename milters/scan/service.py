@@ -49,10 +49,14 @@ def verdict_policy(config: MilterConfig) -> VerdictPolicy:
     )
 
 
-def make_deliverer(config: MilterConfig) -> Deliverer | None:
+def make_deliverer(config: MilterConfig, log: EventLog) -> Deliverer | None:
     if config.delivery.mode != "lmtp":
         return None  # delivery.mode queue: Postfix delivers
-    return Deliverer(config.delivery, config.hostname)
+
+    def lists_map_problem(message: str) -> None:
+        log.emit("lists.map_problem", message=message)
+
+    return Deliverer(config.delivery, config.hostname, lists_map_problem)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class MilterService:
             )
         if config.log_file != old.config.log_file:
             self.log = EventLog(config.log_file)  # the old one is closed when unreferenced
-        scanner, deliverer = Scanner(config), make_deliverer(config)
+        scanner, deliverer = Scanner(config), make_deliverer(config, self.log)
         memo = old.memo
         if (config.spam.memo_ttl, config.spam.memo_entries) != (memo.ttl, memo.max_entries):
             memo = new_memo(config)

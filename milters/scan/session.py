@@ -321,7 +321,8 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         mode = Mode.STRICT if self.rt.config.delivery.strict else Mode.DEFAULT
         decision = fold(delivery.outcomes, non_local, mode)
         fields.recipients = [
-            Recipient.folded(r, delivery.backends.get(r.recipient)) for r in decision.recipients
+            Recipient.folded(r, delivery.backends.get(r.recipient), r.recipient in delivery.lists)
+            for r in decision.recipients
         ]
         fields.delivery = {"rule": decision.rule.value, "explanation": decision.explanation}
         if decision.action is FoldAction.DISCARD:

@@ -27,6 +27,7 @@ import pytest
 from milters.common.directory import User
 from milters.common.jsonlog import EventLog
 from milters.common.ldapconn import DirectoryUnavailable
+from milters.common.listmap import ListMap
 from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, parse_policy_config
 from milters.policy.lookups import Backends
 from milters.policy.mailbox import MailboxFull
@@ -137,14 +138,14 @@ class Harness:
 
 @asynccontextmanager
 async def running(
-    config: PolicyConfig, metrics: PolicyMetrics | None = None
+    config: PolicyConfig, metrics: PolicyMetrics | None = None, lists: ListMap | None = None
 ) -> AsyncIterator[Harness]:
     stream = io.StringIO()
     directory = FakeDirectory()
     server = PolicyServer(
         config,
         EventLog(stream=stream),
-        lambda _c: Backends(directory, FakeMailboxes()),
+        lambda _c, _log: Backends(directory, FakeMailboxes(), lists),
         metrics=metrics,
     )
     await server.start()
@@ -297,6 +298,30 @@ def test_malformed_gets_safe_answer_and_close(tmp_path: Path, garbage: bytes) ->
             reader, writer = await h.connect()
             assert await ask(writer, reader, request()) == "DUNNO"
             writer.close()
+
+    run_async(test)
+
+
+def test_mailman_list_addresses_are_known_recipients(tmp_path: Path) -> None:
+    """A list address (and its VERP bounce address) passes without asking LDAP, so list mail
+    flows while the directory is down; other unknown addresses are still refused."""
+    lists_map = tmp_path / "postfix_lmtp"
+    lists_map.write_text(
+        "staff@example.org lmtp:[127.0.0.1]:8024\nstaff-bounces@example.org lmtp:[127.0.0.1]:8024\n"
+    )
+
+    async def test() -> None:
+        async with running(config_for(tmp_path), lists=ListMap(str(lists_map))) as h:
+            reader, writer = await h.connect()
+            assert await ask(writer, reader, request(recipient="Staff@example.org")) == "DUNNO"
+            verp = "staff-bounces+alice=example.net@example.org"
+            assert await ask(writer, reader, request(recipient=verp)) == "DUNNO"
+            refused = await ask(writer, reader, request(recipient="staff-typo@example.org"))
+            assert refused == "550 5.1.1 no such user"
+            h.directory.down = True
+            assert await ask(writer, reader, request(recipient="staff@example.org")) == "DUNNO"
+            writer.close()
+        assert [e["reason"] for e in h.events()][:2] == ["mailing_list", "mailing_list"]
 
     run_async(test)
 
