@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mailglue's daemons and tests need (Chromium and its driver:
 # the webmail tests drive a real browser; PostgreSQL: they run webmail on it too; NSD:
-# `mailglue dns --check` asks a real name server).
+# `mailglue dns --check` asks a real name server; Mailman: the lists tests run its core).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -10,7 +10,7 @@ packages=(
   spamd spamassassin spamc clamav-daemon clamav-testfiles
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
-  chromium chromium-driver postgresql nsd
+  chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3
 )
 
 missing=()
@@ -34,6 +34,8 @@ slapd shared/organization string mailglue
 slapd slapd/password1 password mailglue-install-only
 slapd slapd/password2 password mailglue-install-only
 slapd slapd/no_configuration boolean false
+mailman3 mailman3/dbconfig-install boolean true
+mailman3 mailman3/database-type select sqlite3
 SEL
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
