@@ -215,9 +215,10 @@ def test_send_to_a_colleague_and_the_outside(
     assert found, outside[:500]
     (event,) = [e for e in milter_events() if e.get("message_id") == found.group(1).decode()]
     assert event["client"]["sasl_user"] == "alice" and event["direction"] == "outbound", event
-    # and the admin's `mailglue trace` tells its story like any other message's
+    # and the admin's `mailglue trace`, typed in a root login shell as the README says, tells
+    # its story like any other message's
     shown = subprocess.run(
-        ["/opt/mailglue/venv/bin/mailglue", "trace", found.group(1).decode()],
+        ["env", "-i", "bash", "-lc", f"mailglue trace '{found.group(1).decode()}'"],
         capture_output=True,
         text=True,
         check=False,
