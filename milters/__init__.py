@@ -9,10 +9,11 @@
 - `ops`: reading the logs back: `trace`, `tail`, and `replay` of one message;
 - `learn`: teaching spamd from the LearnSpam folder;
 - `quota`: copying each member's mailbox quota from LDAP into Cyrus;
-- `dns`: the DNS records an admin publishes for the mail domains.
+- `dns`: the DNS records an admin publishes for the mail domains;
+- `lists`: Mailman's lists, owners and first members from the inventory (REST, additive).
 
 `cli` parses `mailglue SUBCOMMAND` and dispatches. The rule (tests/unit/test_rooms.py):
-`common` imports no other room; `scan` and `policy` share only `common`; `ops`, `learn` and
-`quota` never load the milter session or pymilter; `lmtp_bridge` imports nothing from
+`common` imports no other room; `scan` and `policy` share only `common`; `ops`, `learn`,
+`quota` and `lists` never load the milter session or pymilter; `lmtp_bridge` imports nothing from
 `milters`, and its `Reply` is the one type for an SMTP or LMTP reply everywhere.
 """

@@ -59,6 +59,12 @@ def _quota(args: argparse.Namespace) -> int:
     return run(args.config, every=args.every, dry_run=args.dry_run)
 
 
+def _lists(args: argparse.Namespace) -> int:
+    from milters.lists.command import run
+
+    return run(args.config, dry_run=args.dry_run)
+
+
 def _dns(args: argparse.Namespace) -> int:
     from milters.dns.command import run
 
@@ -94,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     policy.set_defaults(handler=_policy)
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
-    check.add_argument("config", help="path to milter.yaml, policy.yaml, learn.yaml or quota.yaml")
+    check.add_argument(
+        "config", help="path to milter.yaml, policy.yaml, learn.yaml, quota.yaml or lists.yaml"
+    )
     check.add_argument(
         "--kind",
         choices=KINDS,
@@ -125,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_every(quota)
     quota.add_argument("--dry-run", action="store_true", help="log what would change; set nothing")
     quota.set_defaults(handler=_quota)
+
+    lists = sub.add_parser("lists", help="make Mailman's lists match the inventory (additive)")
+    lists.add_argument("--config", required=True, help="path to lists.yaml")
+    lists.add_argument(
+        "--dry-run", action="store_true", help="print what would change; change nothing"
+    )
+    lists.set_defaults(handler=_lists)
 
     dns = sub.add_parser("dns", help="print the DNS records to publish for the mail domains")
     dns.add_argument("--config", default="/etc/mailglue/dns.yaml", help="path to dns.yaml")

@@ -11,15 +11,22 @@ import json
 
 from milters.common.configkit import load_yaml
 
-KINDS = ("milter", "policy", "learn", "quota")
+KINDS = ("milter", "policy", "learn", "quota", "lists")
 
 
 def kind_of(path: str) -> str:
     """Which daemon's file: a policy config has a top-level `policy:` section, a quota config
-    a `quota:` section, a learn config an `imap:` one; anything else is a milter config."""
+    a `quota:` section, a lists config a `lists:` (or `mailman:`) one, a learn config an
+    `imap:` one; anything else is a milter config."""
     _, data = load_yaml(path)
     if isinstance(data, dict):
-        for section, kind in (("policy", "policy"), ("quota", "quota"), ("imap", "learn")):
+        for section, kind in (
+            ("policy", "policy"),
+            ("quota", "quota"),
+            ("lists", "lists"),
+            ("mailman", "lists"),
+            ("imap", "learn"),
+        ):
             if section in data:
                 return kind
     return "milter"
@@ -38,6 +45,10 @@ def load(path: str, kind: str) -> object:
         from milters.quota.config import load_quota_config
 
         return load_quota_config(path)
+    if kind == "lists":
+        from milters.lists.config import load_lists_config
+
+        return load_lists_config(path)
     from milters.scan.config import load_config
 
     return load_config(path)

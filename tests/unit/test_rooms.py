@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOMS = ("common", "scanners", "scan", "policy", "ops", "learn", "quota", "dns")
+ROOMS = ("common", "scanners", "scan", "policy", "ops", "learn", "quota", "dns", "lists")
 TOP_LEVEL = {"milters", "milters.cli"}  # the package docstring and the command dispatcher
 SESSION = "milters.scan.session"
 PYMILTER = ("Milter", "milter")
@@ -85,9 +85,10 @@ def test_common_imports_no_sibling_room(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [*_in("milters.ops"), *_in("milters.learn"), *_in("milters.quota")]
+    "module",
+    [*_in("milters.ops"), *_in("milters.learn"), *_in("milters.quota"), *_in("milters.lists")],
 )
-def test_ops_learn_and_quota_never_load_the_milter_session(module: str) -> None:
+def test_ops_learn_quota_and_lists_never_load_the_milter_session(module: str) -> None:
     reached = _reach(module)
     assert SESSION not in reached
     assert not [n for n in reached if n.split(".")[0] in PYMILTER], "pymilter is loaded"
