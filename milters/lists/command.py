@@ -37,8 +37,8 @@ def run(config_path: str, dry_run: bool = False) -> int:
             status=exc.status,
             reason=exc.reason,
         )
-        why = "is unreachable" if exc.status is None else "refused"
-        print(f"mailglue lists: Mailman's REST API at {api.rest_url} {why}: {exc}", file=sys.stderr)
+        why = "is unreachable (is Mailman running?)" if exc.status is None else "refused"
+        print(f"mailglue lists: Mailman's REST API {why}: {exc}", file=sys.stderr)
         return 1
     except StateFileError as exc:
         log.emit("lists_failed", reason=str(exc))

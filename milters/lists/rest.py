@@ -40,8 +40,8 @@ class MailmanError(Exception):
         self.url = url
         self.status = status
         self.reason = reason
-        what = "unreachable" if status is None else f"HTTP {status}"
-        super().__init__(f"{method} {url}: {what}: {reason}")
+        what = "" if status is None else f"HTTP {status}: "
+        super().__init__(f"{method} {url}: {what}{reason}")
 
     @property
     def fatal(self) -> bool:

@@ -20,6 +20,7 @@ import pytest
 from tests.harness.clamd import Clamd
 from tests.harness.cyrus import Cyrus
 from tests.harness.logs import DaemonLogs
+from tests.harness.mailman import Mailman
 from tests.harness.milter import ScanMilter
 from tests.harness.postfix import Postfix, SmtpSink
 from tests.harness.process import LOOPBACK, free_port
@@ -271,3 +272,18 @@ def make_postfix(
     finally:
         for pf in started:
             pf.stop()
+
+
+@pytest.fixture(scope="session")
+def mailman(stack_root: Path, daemon_logs: DaemonLogs, smtp_sink: SmtpSink) -> Iterator[Mailman]:
+    """Mailman 3 core from Debian (REST and LMTP on loopback); what it sends goes to the
+    session's smtp-sink. Starting takes 15-30 s; `mailman.reset()` empties it for a test."""
+    d = Mailman(stack_root / "mailman", smtp_sink.address)
+    daemon_logs.register("mailman", d.log_path)
+    daemon_logs.register("mailman.log", d.mailman_log)
+    daemon_logs.register("mailman smtp.log", d.smtp_log)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()

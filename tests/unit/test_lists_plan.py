@@ -231,3 +231,9 @@ def test_a_broken_state_file_stops_rather_than_re_adding_everyone(
     path.write_text(text)
     with pytest.raises(StateFileError, match="not a state file mailglue wrote"):
         load_ledger(str(path))
+
+
+def test_an_unwritable_state_file_is_a_state_file_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(StateFileError, match="cannot write"):
+        save_ledger(str(tmp_path / "not-a-dir" / "lists.json"), {})
