@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def _list(reader: ConfigReader) -> ListSpec | None:
     if problem is not None:
         reader.problem("name", f"{name!r} {problem}")
         return None
+    for role, addresses in roles.items():
+        if name in (a.lower() for a in addresses):
+            reader.problem(f"{role}s", f"{name!r} is this list itself (Mailman refuses it)")
     if not roles["owner"]:
         reader.problem("owners", "a list needs at least one owner (who can then delegate)")
     return ListSpec(
@@ -170,7 +174,7 @@ def _list(reader: ConfigReader) -> ListSpec | None:
 
 
 def parse_lists_config(source: str, data: object) -> ListsConfig:
-    top = ConfigReader(source, data)
+    top = ConfigReader(source, _without_empty_descriptions(data))
     d = ListsConfig()
     mailman = _mailman(top.section("mailman"))
     domains = [x for x in (_domain(r) for r in top.sections("domains")) if x is not None]
@@ -193,6 +197,20 @@ def parse_lists_config(source: str, data: object) -> ListsConfig:
         log_file=log_path,
         source=source,
     )
+
+
+def _without_empty_descriptions(data: object) -> object:
+    """`description: ""` (what a template renders for a list without one) means none given:
+    the owners' to set, like a missing key."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("lists"), list):
+        return data
+    lists = [
+        {k: v for k, v in item.items() if not (k == "description" and v in ("", None))}
+        if isinstance(item, Mapping)
+        else item
+        for item in data["lists"]
+    ]
+    return {**data, "lists": lists}
 
 
 def _no_twins(top: ConfigReader, key: str, values: list[str]) -> None:

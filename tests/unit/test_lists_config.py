@@ -95,6 +95,13 @@ def test_defaults_hold_nonmembers_and_leave_the_description_alone() -> None:
     assert c.domains == ()
 
 
+@pytest.mark.parametrize("empty", ["", None])
+def test_an_empty_description_is_none_given(empty: str | None) -> None:
+    """What the Ansible template renders for a list without one: left to the owners."""
+    (spec,) = parse_lists_config(SOURCE, config([{**STAFF, "description": empty}])).lists
+    assert spec.description is None
+
+
 def test_the_password_is_required_and_never_printed() -> None:
     assert problems(config([STAFF], mailman={})) == [
         "lists.yaml: key 'mailman.password_file': is required (the REST API's admin_pass)"
@@ -216,6 +223,16 @@ def test_a_list_needs_an_owner_and_members_only_cannot_accept_nonmembers() -> No
         "lists.yaml: key 'lists[0].owners': a list needs at least one owner (who can then "
         "delegate)",
     ]
+
+
+def test_a_list_is_no_member_of_itself_but_may_be_of_another() -> None:
+    (problem,) = problems(config([{**STAFF, "members": ["Staff@example.org"]}]))
+    assert problem == (
+        "lists.yaml: key 'lists[0].members': 'staff@example.org' is this list itself "
+        "(Mailman refuses it)"
+    )
+    every = {"name": "all@example.org", "owners": ["alice@example.org"]}
+    parse_lists_config(SOURCE, config([STAFF, {**every, "members": ["staff@example.org"]}]))
 
 
 def test_domains_are_host_names() -> None:
