@@ -10,8 +10,8 @@ import sys
 
 from milters.common.configkit import ConfigError
 from milters.common.jsonlog import EventLog
+from milters.common.mailman import MailmanError, MailmanRest
 from milters.lists.config import load_lists_config
-from milters.lists.rest import MailmanError, MailmanRest
 from milters.lists.sync import ListsSync, StateFileError
 
 

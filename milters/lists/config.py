@@ -8,13 +8,12 @@ typo is a config error naming its key, not a Mailman 400 halfway through a run.
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.common.configkit import ConfigReader, load_yaml, log_file
-from milters.common.secrets import Secret, read_secret
+from milters.common.mailman import MailmanApi, read_mailman
 from milters.lists.plan import NONMEMBER_ACTIONS, ROLES, DomainSpec, ListSpec
 
 # Mailman's `listname_chars` (Debian's mailman.cfg and Mailman's default): lower case only.
@@ -33,14 +32,6 @@ _ROBOT_SUFFIXES = (
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # A mailbox as people write it: no spaces, quotes, brackets or list separators.
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
-
-
-@dataclass(frozen=True)
-class MailmanApi:
-    rest_url: str = "http://127.0.0.1:8001"
-    user: str = "restadmin"
-    password: Secret | None = None
-    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -88,27 +79,6 @@ def list_name_problem(name: str) -> str | None:
         return f"ends like an address Mailman makes for every list ({', '.join(_ROBOT_SUFFIXES)})"
     problem = hostname_problem(domain)
     return None if problem is None else f"has a domain that {problem}"
-
-
-def _mailman(reader: ConfigReader) -> MailmanApi:
-    d = MailmanApi()
-    url = reader.text("rest_url", d.rest_url)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        reader.problem("rest_url", f"must be an http:// or https:// URL, got {url!r}")
-    elif parts.username is not None or parts.password is not None:
-        reader.problem("rest_url", "must not hold a user or password (use user, password_file)")
-    elif parts.path not in ("", "/") or parts.query or parts.fragment:
-        reader.problem(
-            "rest_url", f"must be the server's base URL, without the API version; got {url!r}"
-        )
-    user = reader.text("user", d.user)
-    password = read_secret(reader, "password", "password_file")
-    if password is None and not reader.has("password") and not reader.has("password_file"):
-        reader.problem("password_file", "is required (the REST API's admin_pass)")
-    timeout = reader.seconds("timeout", d.timeout, minimum=1, maximum=600)
-    reader.finish()
-    return MailmanApi(url.rstrip("/"), user, password, timeout)
 
 
 def _domain(reader: ConfigReader) -> DomainSpec | None:
@@ -176,7 +146,7 @@ def _list(reader: ConfigReader) -> ListSpec | None:
 def parse_lists_config(source: str, data: object) -> ListsConfig:
     top = ConfigReader(source, _without_empty_descriptions(data))
     d = ListsConfig()
-    mailman = _mailman(top.section("mailman"))
+    mailman = read_mailman(top.section("mailman"))
     domains = [x for x in (_domain(r) for r in top.sections("domains")) if x is not None]
     readers = top.sections("lists")
     lists = [(r, s) for r, s in ((r, _list(r)) for r in readers) if s is not None]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from milters.common.jsonlog import EventLog
+from milters.common.mailman import Joined, MailmanError, MailmanRest
 from milters.lists.config import ListsConfig
 from milters.lists.plan import (
     ROLES,
@@ -31,7 +32,6 @@ from milters.lists.plan import (
     Subscribe,
     plan,
 )
-from milters.lists.rest import Joined, MailmanError, MailmanRest
 
 SETTINGS = ("default_nonmember_action", "description")  # what plan.py compares
 

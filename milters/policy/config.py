@@ -15,6 +15,7 @@ from pathlib import Path
 from milters.common.addresses import normal_domain
 from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
 from milters.common.ldapconfig import AliasConfig, LdapConfig, read_filter, read_ldap
+from milters.common.mailman import MailmanApi, read_mailman
 from milters.common.secrets import Secret
 from milters.common.sockets import (
     Address,
@@ -81,6 +82,17 @@ class SenderRules:
 
 
 @dataclass(frozen=True)
+class ListsConfig:
+    """Mailman's lists: their addresses (Mailman's own map) are known recipients, and on a
+    members-only list only its members may post, asked of Mailman's REST API."""
+
+    map: str
+    members_only: tuple[str, ...] = ()  # list addresses, lower case
+    mailman: MailmanApi | None = None  # needed to read the members-only lists' members
+    roster_ttl: float = 60.0  # how long a list's members are reused before asking again
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     listen: str = "inet:127.0.0.1:10040"
     local_domains: tuple[str, ...] = ()
@@ -92,7 +104,7 @@ class PolicyConfig:
     ldap: LdapConfig = field(default_factory=LdapConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     aliases: AliasConfig | None = None  # None: no alias lookups (every non-user is unknown)
-    lists_map: str | None = None  # Mailman's postfix_lmtp: its addresses are known recipients
+    lists: ListsConfig | None = None  # None: no mailing lists
     senders: SenderRules = field(default_factory=SenderRules)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     log_file: str | None = None
@@ -199,6 +211,25 @@ def _domains(reader: ConfigReader) -> tuple[str, ...]:
     return domains
 
 
+def _lists(top: ConfigReader) -> ListsConfig | None:
+    if not top.has("lists"):
+        return None
+    reader = top.section("lists")
+    path = reader.text("map", "")
+    if not path:
+        reader.problem("map", "is required (Mailman's map, /var/lib/mailman3/data/postfix_lmtp)")
+    members_only = tuple(a.strip().lower() for a in reader.text_list("members_only", ()))
+    for address in members_only:
+        if "@" not in address or " " in address:
+            reader.problem("members_only", f"{address!r} is not a list address")
+    mailman = read_mailman(reader.section("mailman")) if reader.has("mailman") else None
+    if members_only and mailman is None:
+        reader.problem("mailman", "is required with members_only (to ask Mailman who is a member)")
+    ttl = reader.seconds("roster_ttl", 60.0, minimum=0, maximum=3600)
+    reader.finish()
+    return ListsConfig(path, members_only, mailman, ttl)
+
+
 def parse_policy_config(source: str, data: object) -> PolicyConfig:
     top = ConfigReader(source, data)
     d = PolicyConfig()
@@ -231,7 +262,7 @@ def parse_policy_config(source: str, data: object) -> PolicyConfig:
         ldap=read_ldap(top.section("ldap")),
         mailbox=_mailbox(top.section("mailbox")),
         aliases=_aliases(top),
-        lists_map=top.optional_text("lists_map"),
+        lists=_lists(top),
         senders=_senders(top.section("senders")),
         rate_limits=_rate_limits(top.section("rate_limits")),
         log_file=log_path,

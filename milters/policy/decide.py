@@ -75,6 +75,7 @@ class Plan:
     login: str | None = None  # SASL login whose addresses bound the envelope sender
     sender: str | None = None  # the sender (extension removed) the login must own
     recipient: str | None = None  # local recipient (extension removed) that must exist
+    envelope_sender: str = ""  # with a recipient: the sender (extension removed, lower case)
     null_sender_login: bool = False  # `MAIL FROM:<>` after AUTH: refused, no lookup needed
     unauthenticated_local_sender: bool = False  # our domain, no login, untrusted client
 
@@ -103,6 +104,14 @@ AliasLookup = Expansion | Outage | None  # None: not an alias (or not asked)
 
 
 @dataclass(frozen=True)
+class ListPost:
+    """A post to one of Mailman's lists; on a members-only list, whether the sender is on it."""
+
+    members_only: bool = False
+    sender_is_member: bool | Outage | None = None  # None: not asked (not members-only)
+
+
+@dataclass(frozen=True)
 class Facts:
     login_user: UserLookup | None = None
     recipient_user: UserLookup | None = None
@@ -110,7 +119,7 @@ class Facts:
     sender_alias: AliasLookup = None  # the sender as an alias, when the login owns it not
     recipient_alias: AliasLookup = None  # the recipient as an alias, when it is no user
     members: tuple[MemberCheck, ...] = ()  # recipient_alias's local members, checked
-    recipient_list: bool = False  # the recipient is a Mailman list address (no user asked)
+    recipient_list: ListPost | None = None  # the recipient is a Mailman list address
 
 
 @dataclass(frozen=True)
@@ -166,12 +175,16 @@ def plan(
         and "@" in recipient
         and domain_of(recipient) in local_domains
     ):
-        result = replace(result, recipient=base_address(recipient, delimiter))
+        result = replace(
+            result,
+            recipient=base_address(recipient, delimiter),
+            envelope_sender=base_address(sender, delimiter).lower() if sender else "",
+        )
     return result
 
 
 def _defer(what: str, outage: Outage) -> Decision:
-    service = "directory" if outage.backend == "ldap" else "mailbox store"
+    service = {"ldap": "directory", "mailman": "mailing lists"}.get(outage.backend, "mailbox store")
     return Decision(
         f"DEFER_IF_PERMIT 4.4.3 {what} verification temporarily unavailable ({service}), "
         "try again later",
@@ -189,6 +202,7 @@ NO_MAILBOX = "550 5.1.1 mailbox not yet created (the user has never logged in)"
 OVER_QUOTA = "452 4.2.2 mailbox full, try again later"
 ALIAS_BROKEN = "550 5.4.6 alias misconfigured ({problem}); postmaster has been told in the log"
 ALIAS_EMPTY = "550 5.1.1 alias has no member who can receive mail"
+MEMBERS_ONLY = "550 5.7.1 only its members may post to this list"
 
 
 def _sender_decision(wanted: Plan, facts: Facts) -> Decision | None:
@@ -238,6 +252,17 @@ def _alias_decision(alias: Expansion, members: tuple[MemberCheck, ...]) -> Decis
     return Decision(ALIAS_EMPTY, "alias_without_deliverable_member")
 
 
+def _list_decision(post: ListPost) -> Decision:
+    if not post.members_only:
+        return Decision(DUNNO, "mailing_list")
+    member = post.sender_is_member
+    if isinstance(member, Outage):
+        return _defer("list membership", member)
+    if member:
+        return Decision(DUNNO, "mailing_list_member")
+    return Decision(MEMBERS_ONLY, "mailing_list_non_member")
+
+
 def decide(request: Mapping[str, str], wanted: Plan, facts: Facts) -> Decision:
     if request.get("request") != "smtpd_access_policy":
         return Decision("DEFER_IF_PERMIT 4.3.5 unsupported policy request", "bad_request")
@@ -246,8 +271,9 @@ def decide(request: Mapping[str, str], wanted: Plan, facts: Facts) -> Decision:
         return refused
     if wanted.recipient is None:
         return Decision(DUNNO, "not_checked")
-    if facts.recipient_list:
-        return Decision(DUNNO, "mailing_list")
+    post = facts.recipient_list
+    if post is not None:
+        return _list_decision(post)
     user = facts.recipient_user
     assert user is not None, "plan asked for the recipient's user"
     if isinstance(user, Outage):

@@ -11,12 +11,14 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from milters.common.ldapconn import DirectoryUnavailable
+from milters.common.mailman import MailmanError
 from milters.policy.aliases import MAX_DEPTH, Expansion, expand
 from milters.policy.decide import (
     FULL,
     NOT_FOUND,
     AliasLookup,
     Facts,
+    ListPost,
     MailboxState,
     MemberCheck,
     Outage,
@@ -45,11 +47,24 @@ class Lists(Protocol):
     def backend(self, address: str) -> object | None: ...
 
 
+class Rosters(Protocol):
+    def is_member(self, list_address: str, sender: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class MailingLists:
+    """Mailman's list addresses, and which lists take posts from their members only."""
+
+    addresses: Lists
+    members_only: frozenset[str] = frozenset()
+    rosters: Rosters | None = None  # needed when members_only is not empty
+
+
 @dataclass(frozen=True)
 class Backends:
     directory: Directory
     mailboxes: Mailboxes
-    lists: Lists | None = None  # Mailman's list addresses; None: no lists
+    lists: MailingLists | None = None  # None: no lists
 
     def close(self) -> None:
         self.directory.close()
@@ -111,6 +126,18 @@ def _member(backends: Backends, address: str) -> MemberCheck:
     return MemberCheck(address, user, _mailbox(backends.mailboxes, user, address)[0])
 
 
+def _list_post(lists: MailingLists, wanted: Plan) -> ListPost:
+    assert wanted.recipient is not None
+    address = wanted.recipient.lower()
+    if address not in lists.members_only or lists.rosters is None:
+        return ListPost()
+    try:
+        member = lists.rosters.is_member(address, wanted.envelope_sender)
+    except MailmanError as exc:
+        return ListPost(True, Outage("mailman", str(exc)))
+    return ListPost(True, member)
+
+
 def gather(wanted: Plan, backends: Backends, rules: AliasRules | None = None) -> Gathered:
     rules = rules or AliasRules()
     directory = backends.directory
@@ -127,8 +154,9 @@ def gather(wanted: Plan, backends: Backends, rules: AliasRules | None = None) ->
             sender_alias = _alias(directory, wanted.sender, rules)
         facts = Facts(login_user=login_user, sender_alias=sender_alias)
     lists = backends.lists
-    if wanted.recipient is not None and lists and lists.backend(wanted.recipient) is not None:
-        return Gathered(replace(facts, recipient_list=True))  # Mailman takes it
+    recipient = wanted.recipient
+    if recipient and lists is not None and lists.addresses.backend(recipient) is not None:
+        return Gathered(replace(facts, recipient_list=_list_post(lists, wanted)))  # for Mailman
     if wanted.recipient is not None:
         user = _find(directory, wanted.recipient)
         if isinstance(user, User):

@@ -26,16 +26,18 @@ from milters.common.configkit import ConfigError
 from milters.common.directory import LdapDirectory
 from milters.common.jsonlog import EventLog
 from milters.common.listmap import ListMap
+from milters.common.mailman import MailmanRest
 from milters.common.prometheus import serve as serve_metrics
 from milters.common.sockets import UnixAddress, parse_address
 from milters.policy.aliases import MAX_DEPTH, Expansion
 from milters.policy.config import PolicyConfig, load_policy_config
 from milters.policy.decide import Decision, Facts, apply_rate, decide, plan, rate_key
-from milters.policy.lookups import AliasRules, Backends, Gathered, gather
+from milters.policy.lookups import AliasRules, Backends, Gathered, MailingLists, gather
 from milters.policy.mailbox import MailboxChecker
 from milters.policy.metrics import PolicyMetrics
 from milters.policy.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
 from milters.policy.ratelimit import RateLimiter
+from milters.policy.rosters import Rosters
 
 __all__ = ["PolicyServer", "default_backends", "run"]
 
@@ -51,12 +53,21 @@ BackendsFactory = Callable[[PolicyConfig, EventLog], Backends]
 def default_backends(config: PolicyConfig, log: EventLog) -> Backends:
     directory = LdapDirectory(config.ldap, aliases=config.aliases)
     lists = None
-    if config.lists_map is not None:
+    if config.lists is not None:
 
         def lists_map_problem(message: str) -> None:
             log.emit("lists.map_problem", message=message)
 
-        lists = ListMap(config.lists_map, lists_map_problem)
+        api = config.lists.mailman
+        rosters = None
+        if api is not None and api.password is not None:
+            rest = MailmanRest(api.rest_url, api.user, api.password, api.timeout)
+            rosters = Rosters(rest, config.lists.roster_ttl)
+        lists = MailingLists(
+            ListMap(config.lists.map, lists_map_problem),
+            frozenset(config.lists.members_only),
+            rosters,
+        )
     return Backends(directory, MailboxChecker(config.mailbox), lists)
 
 

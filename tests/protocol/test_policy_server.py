@@ -29,7 +29,7 @@ from milters.common.jsonlog import EventLog
 from milters.common.ldapconn import DirectoryUnavailable
 from milters.common.listmap import ListMap
 from milters.policy.config import PolicyConfig, RateLimitConfig, RateLimits, parse_policy_config
-from milters.policy.lookups import Backends
+from milters.policy.lookups import Backends, MailingLists
 from milters.policy.mailbox import MailboxFull
 from milters.policy.metrics import PolicyMetrics
 from milters.policy.server import PolicyServer
@@ -145,7 +145,9 @@ async def running(
     server = PolicyServer(
         config,
         EventLog(stream=stream),
-        lambda _c, _log: Backends(directory, FakeMailboxes(), lists),
+        lambda _c, _log: Backends(
+            directory, FakeMailboxes(), MailingLists(lists) if lists is not None else None
+        ),
         metrics=metrics,
     )
     await server.start()

@@ -14,6 +14,7 @@ from milters.policy.decide import (
     NOT_FOUND,
     Decision,
     Facts,
+    ListPost,
     MemberCheck,
     Outage,
     Plan,
@@ -60,9 +61,15 @@ def run(request: dict[str, str], facts: Facts, delimiter: str = "+") -> Decision
 @pytest.mark.parametrize(
     "attrs, expected",
     [
-        ({}, Plan(recipient="alice@example.org")),
-        ({"recipient": "Alice+News@Example.ORG"}, Plan(recipient="alice@example.org")),
-        ({"recipient": "alice@example.net."}, Plan(recipient="alice@example.net")),
+        ({}, Plan(recipient="alice@example.org", envelope_sender="someone@elsewhere.test")),
+        (
+            {"recipient": "Alice+News@Example.ORG"},
+            Plan(recipient="alice@example.org", envelope_sender="someone@elsewhere.test"),
+        ),
+        (
+            {"recipient": "alice@example.net."},
+            Plan(recipient="alice@example.net", envelope_sender="someone@elsewhere.test"),
+        ),
         ({"recipient": "someone@elsewhere.test"}, Plan()),
         ({"recipient": "postmaster"}, Plan()),
         ({"protocol_state": "DATA"}, Plan()),
@@ -70,7 +77,12 @@ def run(request: dict[str, str], facts: Facts, delimiter: str = "+") -> Decision
         ({"request": "other"}, Plan()),
         (
             {"sasl_username": "alice"},
-            Plan(login="alice", sender="someone@elsewhere.test", recipient="alice@example.org"),
+            Plan(
+                login="alice",
+                sender="someone@elsewhere.test",
+                recipient="alice@example.org",
+                envelope_sender="someone@elsewhere.test",
+            ),
         ),
         (
             {"sasl_username": "alice", "sender": ""},
@@ -82,17 +94,21 @@ def run(request: dict[str, str], facts: Facts, delimiter: str = "+") -> Decision
         ),
         (
             {"sender": "Boss+x@Example.org"},
-            Plan(recipient="alice@example.org", unauthenticated_local_sender=True),
+            Plan(
+                recipient="alice@example.org",
+                envelope_sender="boss@example.org",
+                unauthenticated_local_sender=True,
+            ),
         ),
         (
             {"sender": "boss@example.org", "client_address": "10.1.2.3"},
-            Plan(recipient="alice@example.org"),
+            Plan(recipient="alice@example.org", envelope_sender="boss@example.org"),
         ),
         ({"sender": ""}, Plan(recipient="alice@example.org")),
         ({"policy_context": "sender"}, Plan()),
         (
             {"policy_context": "recipient", "sasl_username": "alice"},
-            Plan(recipient="alice@example.org"),
+            Plan(recipient="alice@example.org", envelope_sender="someone@elsewhere.test"),
         ),
     ],
 )
@@ -104,7 +120,7 @@ def test_plan(attrs: dict[str, str], expected: Plan) -> None:
 def test_local_sender_rule_can_be_switched_off() -> None:
     rules = SenderRules(local_requires_login=False, refuse_null_sender_after_login=False)
     assert plan(req(sender="boss@example.org"), LOCAL, "+", rules) == Plan(
-        recipient="alice@example.org"
+        recipient="alice@example.org", envelope_sender="boss@example.org"
     )
     assert plan(req(sasl_username="alice", sender=""), LOCAL, "+", rules) == Plan(
         recipient="alice@example.org"
@@ -315,3 +331,27 @@ def test_apply_rate() -> None:
     assert apply_rate(ok, None) is ok
     reject = Decision("550 5.1.1 x", "no_such_user")
     assert apply_rate(reject, exceeded) is reject
+
+
+@pytest.mark.parametrize(
+    ("post", "action", "reason"),
+    [
+        (ListPost(), "DUNNO", "mailing_list"),
+        (ListPost(members_only=True, sender_is_member=True), "DUNNO", "mailing_list_member"),
+        (
+            ListPost(members_only=True, sender_is_member=False),
+            "550 5.7.1 only its members may post to this list",
+            "mailing_list_non_member",
+        ),
+        (
+            ListPost(members_only=True, sender_is_member=Outage("mailman", "refused")),
+            "DEFER_IF_PERMIT 4.4.3 list membership verification temporarily unavailable "
+            "(mailing lists), try again later",
+            "mailman_unavailable",
+        ),
+    ],
+)
+def test_list_posts(post: ListPost, action: str, reason: str) -> None:
+    """A list is a known recipient; a members-only list refuses non-members at RCPT."""
+    facts = Facts(recipient_list=post)
+    assert run(req(recipient="staff@example.org"), facts) == Decision(action, reason)

@@ -1,4 +1,5 @@
-"""A small client for Mailman 3's REST API (version 3.1): what `mailglue lists` needs, no more.
+"""A small client for Mailman 3's REST API (version 3.1): what `mailglue lists` (lists and
+members) and the policy service (who is on a members-only list) need, no more.
 
 The standard library only (urllib, Basic auth sent up front). The calls and answers are
 Mailman 3.3.8's (mailman/rest/domains.py, lists.py, members.py, listconf.py), checked
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from milters.common.secrets import Secret
+from milters.common.configkit import ConfigReader
+from milters.common.secrets import Secret, read_secret
 
 API_VERSION = "3.1"
 
@@ -55,6 +57,36 @@ class Joined(Enum):
     ADDED = "added"
     PENDING = "pending"  # Mailman waits for a confirmation or an approval
     ALREADY = "already"  # someone added them in the meantime
+
+
+@dataclass(frozen=True)
+class MailmanApi:
+    rest_url: str = "http://127.0.0.1:8001"
+    user: str = "restadmin"
+    password: Secret | None = None
+    timeout: float = 30.0
+
+
+def read_mailman(reader: ConfigReader) -> MailmanApi:
+    """A `mailman:` section: where the REST API is and the admin login it wants."""
+    d = MailmanApi()
+    url = reader.text("rest_url", d.rest_url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        reader.problem("rest_url", f"must be an http:// or https:// URL, got {url!r}")
+    elif parts.username is not None or parts.password is not None:
+        reader.problem("rest_url", "must not hold a user or password (use user, password_file)")
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        reader.problem(
+            "rest_url", f"must be the server's base URL, without the API version; got {url!r}"
+        )
+    user = reader.text("user", d.user)
+    password = read_secret(reader, "password", "password_file")
+    if password is None and not reader.has("password") and not reader.has("password_file"):
+        reader.problem("password_file", "is required (the REST API's admin_pass)")
+    timeout = reader.seconds("timeout", d.timeout, minimum=1, maximum=600)
+    reader.finish()
+    return MailmanApi(url.rstrip("/"), user, password, timeout)
 
 
 @dataclass(frozen=True)
