@@ -1,0 +1,169 @@
+"""Mailing lists on the deployed stack: members post through submission like any mail, and
+everyone looks where they would: each member's INBOX over IMAPS, the outside member's MX, the
+list's archive page over HTTPS. The single inventory's lists: `staff` (alice, bob and
+friend@example.net; owner alice), `all` (staff and bob; owner alice) and the members-only
+`board` (alice and bob).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.deploy.mailuser import RemoteMx, from_outside, person, submit, token
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke
+
+pytestmark = DEPLOY_MARKS
+
+STAFF = "staff@example.org"
+ALL = "all@example.org"
+BOARD = "board@example.org"  # members only
+WEB = "https://localhost/lists"
+
+
+def copies(who: dict[str, str], mark: str) -> int:
+    """How many messages in the member's INBOX carry `mark` in the subject, right now."""
+    with smoke.imap_login(who["uid"], who["password"]) as imap:
+        imap.select("INBOX", readonly=True)
+        status, data = imap.search(None, "SUBJECT", f'"{mark}"')
+    assert status == "OK", data
+    return len(data[0].split()) if data and data[0] else 0
+
+
+def wait_for_copies(who: dict[str, str], mark: str, timeout: float = 90) -> int:
+    """The member's copies once at least one has arrived (Mailman's runners poll its queues)."""
+    deadline = time.monotonic() + timeout
+    while (found := copies(who, mark)) == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+    return found
+
+
+def transactions(mark: str) -> list[dict[str, Any]]:
+    """The milter's transaction events of the messages whose Message-ID carries `mark`."""
+    log = Path("/var/log/mailglue/milter.log").read_text(encoding="utf-8", errors="replace")
+    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return [
+        e for e in events if e.get("event") == "transaction" and mark in str(e.get("message_id"))
+    ]
+
+
+def page(path: str) -> str:
+    """A list page as a browser gets it over HTTPS (the stack's certificate is self-signed)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"{WEB}{path}", context=context, timeout=30) as response:
+        body: bytes = response.read()
+    return body.decode("utf-8", "replace")
+
+
+def test_a_members_post_reaches_every_member_once_and_the_archive(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    tx = submit(alice, [STAFF], f"minutes {mark}", "The minutes of today's meeting.\n")
+    assert tx.data is not None and tx.data.code == 250, tx
+    # The 250 came after Mailman had the post: the milter delivered it to Mailman's LMTP.
+    (event,) = transactions(mark)
+    (to_list,) = event["recipients"]
+    assert to_list["list"] is True and to_list["outcome"] == "delivered", event
+    assert wait_for_copies(bob, mark) == 1
+    assert wait_for_copies(alice, mark) == 1
+    outside = remote_mx.find(mark)
+    assert outside is not None, "the outside member got nothing"
+    assert b"List-Id: <staff.example.org>" in outside
+    # Scanned once, before Mailman took it; the members' copies were not scanned again.
+    assert len(transactions(mark)) == 1
+    assert "spam" in event and not event["spam"].get("cached"), event
+    # and the archive has it
+    deadline = time.monotonic() + 90
+    while mark not in (listing := page(f"/hyperkitty/list/{STAFF}/latest")):
+        assert time.monotonic() < deadline, listing[-2000:]
+        time.sleep(2)
+
+
+def test_a_post_to_a_list_in_a_list_reaches_a_member_of_both_once(
+    deployed: dict[str, Any],
+) -> None:
+    """The reference FAQ: bob is on `all` and on `staff`, which is on `all`."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    tx = submit(bob, [ALL], f"party {mark}", "Friday, 5 pm.\n")
+    assert tx.data is not None and tx.data.code == 250, tx
+    # alice gets it only through staff: once she has it, both paths to bob have run
+    assert wait_for_copies(alice, mark) == 1
+    assert wait_for_copies(bob, mark) >= 1
+    subprocess.run(["postqueue", "-f"], check=False)
+    time.sleep(5)
+    assert copies(bob, mark) == 1
+
+
+def test_spam_or_a_virus_to_a_list_is_refused_and_reaches_nobody(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    spam, virus = token(), token()
+    refused = submit(alice, [STAFF], f"offer {spam}", f"{smoke.GTUBE}\n")
+    assert refused.data is not None and refused.data.code == 550, refused
+    infected = submit(alice, [STAFF], f"invoice {virus}", f"{EICAR}\n")
+    assert infected.data is not None and infected.data.code == 554, infected
+    time.sleep(10)
+    assert copies(bob, spam) == 0 and copies(bob, virus) == 0
+    assert remote_mx.find(spam, timeout=1) is None and remote_mx.find(virus, timeout=1) is None
+
+
+def test_list_addresses_are_known_and_typos_are_refused_at_rcpt(deployed: dict[str, Any]) -> None:
+    mark = token()
+    tx = from_outside("someone@example.net", ["staff-request@example.org"], f"help {mark}")
+    assert tx.rcpt["staff-request@example.org"].code == 250, tx
+    typo = from_outside("someone@example.net", ["stafff@example.org"], f"typo {mark}")
+    assert typo.rcpt["stafff@example.org"].code == 550, typo
+
+
+def test_a_non_members_post_is_held_not_bounced(deployed: dict[str, Any]) -> None:
+    bob = person(deployed, "bob")
+    mark = token()
+    tx = from_outside("stranger@example.net", [STAFF], f"hello list {mark}")
+    assert tx.data is not None and tx.data.code == 250, tx  # Mailman has it
+    deadline = time.monotonic() + 60
+    while not [h for h in held(STAFF) if mark in h.get("subject", "")]:
+        assert time.monotonic() < deadline, "not held for moderation"
+        time.sleep(1)
+    assert copies(bob, mark) == 0
+
+
+def held(address: str) -> list[dict[str, Any]]:
+    """The list's posts held for moderation, from Mailman's REST API (as Postorius shows them)."""
+    password = Path("/etc/mailman3/rest.secret").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:8001/3.1/lists/{address.replace('@', '.')}/held"
+    )
+    request.add_header("Authorization", "Basic " + b64encode(f"restadmin:{password}"))
+    with urllib.request.urlopen(request, timeout=30) as response:
+        entries: list[dict[str, Any]] = json.load(response).get("entries", [])
+    return entries
+
+
+def b64encode(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_a_members_only_list_refuses_outsiders_at_rcpt_and_takes_members(
+    deployed: dict[str, Any],
+) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    outsider = from_outside("stranger@example.net", [BOARD], f"board {mark}")
+    refused = outsider.rcpt[BOARD]
+    assert (refused.code, refused.enhanced) == (550, "5.7.1"), outsider
+    assert "only its members may post to this list" in refused.text
+    tx = submit(bob, [BOARD], f"agenda {mark}")
+    assert tx.data is not None and tx.data.code == 250, tx
+    assert wait_for_copies(alice, mark) == 1
