@@ -16,10 +16,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.deploy.mailuser import RemoteMx, from_outside, person, submit, token
 from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke
 
 pytestmark = DEPLOY_MARKS
+
+
+@pytest.fixture(autouse=True)
+def lists_deployed(deployed: dict[str, Any]) -> None:
+    if not deployed["vars"].get("mail_lists_enabled"):
+        pytest.skip("the deployed inventory has no mailing lists (mail_lists_enabled: false)")
+
 
 STAFF = "staff@example.org"
 ALL = "all@example.org"
