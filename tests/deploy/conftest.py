@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.deploy.browser import browser  # noqa: F401  (the fixture, for every journey)
 from tests.deploy.mailuser import RemoteMx, relay_address
 from tests.deploy.stack import ROOT, checked_stack, deploy_and_check, ensure_ansible, inventory_vars
 

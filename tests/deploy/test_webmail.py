@@ -20,20 +20,19 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
+from tests.deploy.browser import wait
 from tests.deploy.mailuser import (
     OUTSIDE,
     RemoteMx,
@@ -52,36 +51,6 @@ pytestmark = DEPLOY_MARKS
 
 BASE = "https://localhost"
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",  # we run as root
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",  # no internet here: no update or sync calls
-    "--disable-component-update",
-    "--disable-sync",
-    "--ignore-certificate-errors",  # the stack's self-signed certificate
-    "--window-size=1400,1000",
-]
-
-
-@pytest.fixture
-def browser(deployed: dict[str, Any]) -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
-    return WebDriverWait(driver, timeout).until(condition)
 
 
 def login(driver: WebDriver, user: str, password: str) -> None:
