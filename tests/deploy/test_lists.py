@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
 
+from tests.deploy.browser import wait
 from tests.deploy.mailuser import RemoteMx, from_outside, person, submit, token
 from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke
 
@@ -182,3 +186,33 @@ def test_a_members_only_list_refuses_outsiders_at_rcpt_and_takes_members(
     tx = submit(bob, [BOARD], f"agenda {mark}")
     assert tx.data is not None and tx.data.code == 250, tx
     assert wait_for_copies(alice, mark) == 1
+
+
+def test_the_owner_approves_a_held_post_in_postorius_and_the_members_get_it(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    """alice owns staff: she logs in with her department password (no admin made her an
+    account), finds the outsider's post among the held ones and accepts it."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    tx = from_outside("guest@example.net", [STAFF], f"question {mark}")
+    assert tx.data is not None and tx.data.code == 250, tx
+    deadline = time.monotonic() + 60
+    while not [h for h in held(STAFF) if mark in h.get("subject", "")]:
+        assert time.monotonic() < deadline, "not held for moderation"
+        time.sleep(1)
+
+    browser.get(f"{WEB}/accounts/login/")
+    wait(browser, ec.visibility_of_element_located((By.ID, "id_login"))).send_keys(alice["uid"])
+    browser.find_element(By.ID, "id_password").send_keys(alice["password"])
+    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    wait(browser, ec.url_contains("/postorius/lists/"))
+    browser.get(f"{WEB}/postorius/lists/staff.example.org/held_messages")
+    (row,) = [r for r in browser.find_elements(By.CSS_SELECTOR, "table tr") if mark in r.text]
+    row.find_element(By.CSS_SELECTOR, "input.message-checkbox").click()
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit][name=accept]").click()
+    wait(browser, lambda d: mark not in d.find_element(By.TAG_NAME, "table").text)
+
+    assert wait_for_copies(bob, mark) == 1
+    assert wait_for_copies(alice, mark) == 1
+    assert not [h for h in held(STAFF) if mark in h.get("subject", "")]
