@@ -216,3 +216,40 @@ def test_the_owner_approves_a_held_post_in_postorius_and_the_members_get_it(
     assert wait_for_copies(bob, mark) == 1
     assert wait_for_copies(alice, mark) == 1
     assert not [h for h in held(STAFF) if mark in h.get("subject", "")]
+
+
+def test_mailman_down_defers_the_post_and_the_retry_reaches_everyone_once(
+    deployed: dict[str, Any],
+) -> None:
+    """Nothing accepted is lost: with Mailman stopped the poster gets a 4xx (their server,
+    or their mail client, tries again), and the retry after Mailman is back arrives once."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    supervisor("stop", "mailman3")
+    try:
+        tx = submit(alice, [STAFF], f"retry {mark}")
+        assert tx.data is not None and tx.data.code == 451, tx
+        assert tx.data.enhanced is not None and tx.data.enhanced.startswith("4."), tx
+    finally:
+        supervisor("start", "mailman3")
+    deadline = time.monotonic() + 120
+    while True:  # Mailman's LMTP runner takes a while to come up
+        again = submit(alice, [STAFF], f"retry {mark}")
+        assert again.data is not None
+        if again.data.code == 250 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert again.data.code == 250, again
+    assert wait_for_copies(bob, mark) == 1
+    assert wait_for_copies(alice, mark) == 1
+
+
+def supervisor(action: str, program: str) -> None:
+    done = subprocess.run(
+        ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", action, program],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "ERROR" not in done.stdout, done.stdout + done.stderr
