@@ -11,7 +11,13 @@ against Debian's mailman3 in tests/integration/test_lists_sync.py:
 - `POST /members` (list_id, subscriber, role; for a member pre_verified, pre_confirmed,
   pre_approved) -> 201 added; 202 a confirmation or approval is still pending; 409 already a
   member or a request pending; 400 "… is already an owner of …" for owners and moderators;
-- `GET` and `PATCH /lists/{list_id}/config` (form fields, e.g. default_nonmember_action).
+- `GET` and `PATCH /lists/{list_id}/config` (form fields, e.g. default_nonmember_action);
+- `acceptable_aliases` in that config: GET gives a sorted list of lower-case strings; PATCH
+  sets the whole set (Mailman clears it, then adds each value, lower-cased; a value repeated
+  is stored twice): the field once per alias. An empty list would send no field at all, a
+  no-op (204), so the empty set is sent as one empty value. A value that is neither an
+  address (`@`) nor a pattern (`^…`) is a 400 *after* the clear, which Mailman keeps: send
+  only aliases Mailman already has and list addresses.
 
 Every failure is one `MailmanError` naming the method, URL, status and Mailman's reason; the
 password travels only in the Authorization header and is in no message.
@@ -24,6 +30,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -149,6 +156,12 @@ class MailmanRest:
     def configure(self, list_id: str, values: dict[str, str]) -> None:
         self._call("PATCH", f"lists/{list_id}/config", values)
 
+    def set_acceptable_aliases(self, list_id: str, aliases: Iterable[str]) -> None:
+        """Make the list's acceptable aliases exactly `aliases` (Mailman replaces the whole
+        set: pass the ones to keep too). Duplicates, compared without case, are sent once."""
+        unique = list(dict.fromkeys(a.lower() for a in aliases))
+        self._call("PATCH", f"lists/{list_id}/config", {"acceptable_aliases": unique or ""})
+
     # --- HTTP --------------------------------------------------------------------------------
 
     def _entries(self, path: str) -> list[dict[str, Any]]:
@@ -157,9 +170,14 @@ class MailmanRest:
         entries = body.get("entries", []) if isinstance(body, dict) else []
         return [e for e in entries if isinstance(e, dict)]
 
-    def _call(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, Any]:
+    def _call(
+        self, method: str, path: str, form: Mapping[str, str | list[str]] | None = None
+    ) -> tuple[int, Any]:
+        """One request; a form field with a list value is sent once per item."""
         url = f"{self.base}/{path}"
-        data = urllib.parse.urlencode(form).encode("utf-8") if form is not None else None
+        data = (
+            urllib.parse.urlencode(form, doseq=True).encode("utf-8") if form is not None else None
+        )
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Authorization", self._authorization)
         request.add_header("Accept", "application/json")

@@ -10,6 +10,13 @@ Mailman does not have (new, or lost with its database) is seeded with everyone a
 Settings are the inventory's, not the owners': `default_nonmember_action` always, the
 description when the inventory gives one.
 
+**Nested lists.** A list that is a member of another (staff@ on all@, the FAQ's case) gets
+the other's posts with `To: all@example.org`, and Mailman holds them ("Message has implicit
+destination") unless `all@example.org` is one of staff's `acceptable_aliases`. So every
+inventory list whose posts reach another one, directly or through lists in between (all@ ->
+staff@ -> board@: board@ sees `To: all@` too), gets those lists' addresses added to its
+acceptable aliases; aliases the owners added in Postorius stay (additive, like people).
+
 Members are added pre-verified, pre-confirmed and pre-approved (the admin vouches for the
 inventory's addresses; otherwise nobody would be on the list until each clicked a link),
 and get the list's welcome message, which tells them they are on it and how to leave in
@@ -71,10 +78,12 @@ class ListSpec:
 
 @dataclass(frozen=True)
 class ListState:
-    """One list as Mailman has it: each role's addresses (lower case) and its settings."""
+    """One list as Mailman has it: each role's addresses (lower case), its settings and its
+    `acceptable_aliases` (lower case, as Mailman stores them; `^…` ones are patterns)."""
 
     rosters: Mapping[str, frozenset[str]]
     settings: Mapping[str, str]
+    aliases: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,21 @@ class Configure:
         return f"set {parts} on {self.name}"
 
 
-Action = CreateDomain | CreateList | Subscribe | Configure
+@dataclass(frozen=True)
+class AcceptAliases:
+    """Add `added` to the list's acceptable aliases. Mailman sets them only as a whole, so
+    `aliases` is the full new set: the ones it has plus the added ones."""
+
+    list_id: str
+    name: str
+    aliases: tuple[str, ...]  # sorted, lower case
+    added: tuple[str, ...]  # the lists' addresses it lacked, in the inventory's order
+
+    def describe(self) -> str:
+        return f"add {', '.join(self.added)} to the acceptable_aliases of {self.name}"
+
+
+Action = CreateDomain | CreateList | Subscribe | Configure | AcceptAliases
 
 
 @dataclass(frozen=True)
@@ -161,8 +184,10 @@ def plan(
     have: MailmanState,
     ledger: Ledger,
 ) -> Plan:
-    """Domains first, then lists, then per list owners, moderators, members, settings."""
+    """Domains first, then lists, then per list owners, moderators, members, settings,
+    acceptable aliases."""
     lists = tuple(lists)
+    upstream = upstream_lists(lists)
     wanted_domains = dict.fromkeys([d.mail_host for d in domains] + [s.mail_host for s in lists])
     actions: list[Action] = [CreateDomain(d) for d in wanted_domains if d not in have.domains]
     actions += [CreateList(s.name, s.list_id) for s in lists if s.list_id not in have.lists]
@@ -193,6 +218,10 @@ def plan(
         configure = settings_change(spec, state.settings if state else NEW_LIST_SETTINGS)
         if configure is not None:
             actions.append(configure)
+        aliases = state.aliases if state else frozenset()  # a new list has none
+        accept = aliases_change(spec, upstream[spec.name], aliases)
+        if accept is not None:
+            actions.append(accept)
     return Plan(tuple(actions), tuple(left), next_ledger)
 
 
@@ -204,6 +233,40 @@ def settings_change(spec: ListSpec, have: Mapping[str, str]) -> Configure | None
         if have.get(attribute) != wanted
     )
     return Configure(spec.list_id, spec.name, changes) if changes else None
+
+
+def upstream_lists(lists: Iterable[ListSpec]) -> dict[str, tuple[str, ...]]:
+    """For each list (by name), the inventory lists whose posts reach it: the lists it is a
+    member of (`members` compared without case), the lists those are members of, and so on;
+    nearest first, then in the inventory's order. A list is never its own upstream, even
+    in a loop (Mailman always accepts a list's own posting address)."""
+    lists = tuple(lists)
+    parents = {
+        spec.name: [p.name for p in lists if spec.name in (m.lower() for m in p.members)]
+        for spec in lists
+    }
+    upstream: dict[str, tuple[str, ...]] = {}
+    for spec in lists:
+        found: dict[str, None] = {}
+        wave = parents[spec.name]
+        while wave:
+            new = [p for p in wave if p != spec.name and p not in found]
+            found |= dict.fromkeys(new)
+            wave = [g for p in new for g in parents[p]]
+        upstream[spec.name] = tuple(found)
+    return upstream
+
+
+def aliases_change(
+    spec: ListSpec, upstream: Iterable[str], have: frozenset[str]
+) -> AcceptAliases | None:
+    """The upstream lists' addresses missing from the list's acceptable aliases, or None.
+    Only exact aliases count: a `^…` pattern that happens to match is kept, not trusted."""
+    added = tuple(name for name in upstream if name.lower() not in have)
+    if not added:
+        return None
+    aliases = tuple(sorted(have | {name.lower() for name in added}))
+    return AcceptAliases(spec.list_id, spec.name, aliases, added)
 
 
 def _unique(addresses: Iterable[str]) -> list[str]:

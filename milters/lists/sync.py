@@ -21,6 +21,7 @@ from milters.common.mailman import Joined, MailmanError, MailmanRest
 from milters.lists.config import ListsConfig
 from milters.lists.plan import (
     ROLES,
+    AcceptAliases,
     Action,
     Configure,
     CreateDomain,
@@ -48,6 +49,7 @@ class Summary:
     lists_created: int = 0
     added: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     settings_changed: int = 0
+    aliases_changed: int = 0  # lists whose acceptable_aliases got their upstream lists
     pending: int = 0
     left: int = 0
     problems: int = 0
@@ -60,6 +62,7 @@ class Summary:
             + self.lists_created
             + sum(self.added.values())
             + self.settings_changed
+            + self.aliases_changed
         )
 
     def count(self, action: Action) -> None:
@@ -69,6 +72,8 @@ class Summary:
             self.lists_created += 1
         elif isinstance(action, Subscribe):
             self.added[action.role] += 1
+        elif isinstance(action, AcceptAliases):
+            self.aliases_changed += 1
         else:
             self.settings_changed += 1
 
@@ -78,7 +83,8 @@ class Summary:
         counts = (
             f"{self.domains_created} domains and {self.lists_created} lists",
             f"{a['owner']} owners, {a['moderator']} moderators and {a['member']} members",
-            f"{self.settings_changed} lists' settings",
+            f"{self.settings_changed} lists' settings and "
+            f"{self.aliases_changed} lists' acceptable_aliases",
         )
         notes = "".join(
             f", {n} {what}"
@@ -127,6 +133,7 @@ class ListsSync:
             lists_created=summary.lists_created,
             added=summary.added,
             settings_changed=summary.settings_changed,
+            aliases_changed=summary.aliases_changed,
             pending=summary.pending,
             left=summary.left,
             problems=summary.problems,
@@ -136,7 +143,8 @@ class ListsSync:
         return summary
 
     def read(self) -> MailmanState:
-        """Mailman's domains, and for the inventory's lists their rosters and settings."""
+        """Mailman's domains, and for the inventory's lists their rosters, settings and
+        acceptable aliases."""
         domains = frozenset(self.mailman.domains())
         existing = {m.list_id for m in self.mailman.lists()}
         lists: dict[str, ListState] = {}
@@ -149,14 +157,15 @@ class ListsSync:
                     role: frozenset(self.mailman.roster(spec.list_id, role)) for role in ROLES
                 },
                 settings={k: str(config[k]) for k in SETTINGS if config.get(k) is not None},
+                aliases=frozenset(str(a).lower() for a in config.get("acceptable_aliases") or ()),
             )
         return MailmanState(domains, lists)
 
     # --- applying ----------------------------------------------------------------------------
 
     def _apply(self, todo: Plan, ledger: Ledger, summary: Summary) -> None:
-        """Domains and lists first; then, from what Mailman now has, the people and settings
-        (a new list's settings are Mailman's defaults, read back rather than assumed)."""
+        """Domains and lists first; then, from what Mailman now has, the people, settings and
+        aliases (a new list's settings are Mailman's defaults, read back rather than assumed)."""
         ledger = dict(ledger)
         unconfirmed = _subscriptions(todo)
         failed_domains: set[str] = set()
@@ -177,7 +186,7 @@ class ListsSync:
             else:
                 have = None
             for change in todo.actions:
-                if not isinstance(change, Subscribe | Configure):
+                if not isinstance(change, Subscribe | Configure | AcceptAliases):
                     continue  # creating it failed above, and was counted there
                 if have is not None and change.list_id not in have.lists:
                     continue
@@ -195,6 +204,8 @@ class ListsSync:
                 self.mailman.create_list(action.name)
             elif isinstance(action, Configure):
                 self.mailman.configure(action.list_id, action.values)
+            elif isinstance(action, AcceptAliases):
+                self.mailman.set_acceptable_aliases(action.list_id, action.aliases)
             else:
                 joined = self.mailman.subscribe(action.list_id, action.address, action.role)
                 if joined is Joined.PENDING:
@@ -233,6 +244,14 @@ class ListsSync:
                 list=action.name,
                 address=action.address,
                 role=action.role,
+                dry_run=dry_run,
+            )
+        elif isinstance(action, AcceptAliases):
+            self.log.emit(
+                "lists_aliases_added",
+                list=action.name,
+                added=list(action.added),
+                aliases=list(action.aliases),
                 dry_run=dry_run,
             )
         else:

@@ -10,6 +10,7 @@ import pytest
 
 from milters.lists.plan import (
     NEW_LIST_SETTINGS,
+    AcceptAliases,
     Configure,
     CreateDomain,
     CreateList,
@@ -21,6 +22,7 @@ from milters.lists.plan import (
     Subscribe,
     plan,
     settings_change,
+    upstream_lists,
 )
 from milters.lists.sync import StateFileError, Summary, load_ledger, save_ledger
 
@@ -192,6 +194,84 @@ def test_a_described_list_gets_its_description_and_nonmember_action() -> None:
     assert actions[-1] == change
 
 
+# --- nested lists: a list accepts its upstream lists' addresses as destinations -------------
+
+ALL = ListSpec("all@example.org", owners=("alice@example.org",), members=("Staff@Example.org",))
+ALL_ID = "all.example.org"
+
+
+def nested(staff_aliases: set[str], all_aliases: set[str] | None = None) -> MailmanState:
+    """staff and all as Mailman has them, everyone on them already."""
+    staff = ListState({r: frozenset(a) for r, a in ALL_ON.items()}, NEW_LIST_SETTINGS)
+    lists = {ID: ListState(staff.rosters, staff.settings, frozenset(staff_aliases))}
+    lists[ALL_ID] = ListState(
+        {"owner": frozenset({"alice@example.org"}), "member": frozenset({"staff@example.org"})},
+        NEW_LIST_SETTINGS,
+        frozenset(all_aliases or ()),
+    )
+    return MailmanState(frozenset({"example.org"}), lists)
+
+
+def test_a_list_that_is_a_member_of_another_accepts_its_address() -> None:
+    """all@'s posts reach staff@ with `To: all@example.org`: without the alias staff holds
+    them ("Message has implicit destination"). Members compare without case."""
+    result = plan([], [STAFF, ALL], nested(set()), {})
+    accept = AcceptAliases(ID, "staff@example.org", ("all@example.org",), ("all@example.org",))
+    assert result.actions == (accept,)
+    assert accept.describe() == "add all@example.org to the acceptable_aliases of staff@example.org"
+
+
+def test_aliases_the_owners_added_are_kept_in_the_new_set() -> None:
+    owners = {"staff@lists.example.org", "^.*@staff\\.example\\.org$"}
+    (accept,) = plan([], [STAFF, ALL], nested(owners), {}).actions
+    assert accept == AcceptAliases(
+        ID,
+        "staff@example.org",
+        ("^.*@staff\\.example\\.org$", "all@example.org", "staff@lists.example.org"),
+        ("all@example.org",),
+    )
+
+
+def test_an_alias_already_there_is_no_action() -> None:
+    assert plan([], [STAFF, ALL], nested({"all@example.org"}), {}).actions == ()
+    # and the owners' extra aliases do not matter
+    assert plan([], [STAFF, ALL], nested({"all@example.org", "x@relay.test"}), {}).actions == ()
+
+
+def test_a_list_that_is_nobodys_member_gets_no_alias_action() -> None:
+    """all@ is on no list (and a person named like a list elsewhere is not a list)."""
+    assert upstream_lists([STAFF, ALL]) == {"staff@example.org": ("all@example.org",), ALL.name: ()}
+    actions = plan([], [STAFF, ALL], nested(set()), {}).actions
+    assert [a.name for a in actions if isinstance(a, AcceptAliases)] == ["staff@example.org"]
+    assert plan([], [STAFF], state(ALL_ON), {}).actions == ()  # no parent in the inventory
+
+
+def test_lists_further_up_are_accepted_too_and_loops_end() -> None:
+    """all@ -> staff@ -> board@: board@ gets all@'s posts (still `To: all@`) through staff@.
+    A loop (all@ also a member of board@) ends, and no list is its own alias."""
+    board = ListSpec("board@example.org", owners=("alice@example.org",))
+    staff = ListSpec(**{**STAFF.__dict__, "members": (*STAFF.members, "board@example.org")})
+    assert upstream_lists([staff, ALL, board])["board@example.org"] == (
+        "staff@example.org",
+        "all@example.org",
+    )
+    looped = ListSpec(**{**board.__dict__, "members": ("All@example.org",)})  # -> all@
+    up = upstream_lists([staff, ALL, looped])
+    assert up["board@example.org"] == ("staff@example.org", "all@example.org")
+    assert up["all@example.org"] == ("board@example.org", "staff@example.org")
+    assert up["staff@example.org"] == ("all@example.org", "board@example.org")
+
+
+def test_a_new_nested_list_gets_its_aliases_after_its_settings() -> None:
+    actions = plan([], [STAFF, ALL], EMPTY, {}).actions
+    accepts = [a for a in actions if isinstance(a, AcceptAliases)]
+    assert accepts == [
+        AcceptAliases(ID, "staff@example.org", ("all@example.org",), ("all@example.org",))
+    ]
+    staff_actions = [a for a in actions if getattr(a, "list_id", None) == ID]
+    assert staff_actions[-1] == accepts[0]
+
+
 # --- the summary line (Ansible's changed_when) and the state file ----------------------------
 
 
@@ -199,13 +279,16 @@ def test_summary_line_ends_with_changed() -> None:
     s = Summary(2)
     assert s.line() == (
         "lists: 2 lists; created 0 domains and 0 lists, added 0 owners, 0 moderators and "
-        "0 members, changed 0 lists' settings; changed: 0"
+        "0 members, changed 0 lists' settings and 0 lists' acceptable_aliases; changed: 0"
     )
-    for action in plan([], [STAFF], EMPTY, {}).actions:
+    for action in plan([], [STAFF, ALL], EMPTY, {}).actions:
         s.count(action)
     s.problems = 1
-    assert s.changed == 6
-    assert s.line().endswith(", 1 refused by Mailman (see the log); changed: 6")
+    assert (s.lists_created, s.aliases_changed, s.changed) == (2, 1, 10)
+    assert s.line().endswith(
+        "changed 0 lists' settings and 1 lists' acceptable_aliases, "
+        "1 refused by Mailman (see the log); changed: 10"
+    )
     dry = Summary(1, dry_run=True, lists_created=1)
     assert dry.line().startswith("lists (dry run): 1 lists; would create 0 domains and 1 lists")
     assert dry.line().endswith("; changed: 0, would change: 1")
