@@ -137,12 +137,14 @@ class MailmanRest:
     def create_list(self, fqdn_listname: str) -> None:
         self._call("POST", "lists", {"fqdn_listname": fqdn_listname})
 
-    def subscribe(self, list_id: str, address: str, role: str) -> Joined:
+    def subscribe(self, list_id: str, address: str, role: str, *, welcome: bool = True) -> Joined:
         """Owners and moderators join at once; members are pre-verified, pre-confirmed and
-        pre-approved, and get the list's welcome message (see plan.py)."""
+        pre-approved, and get the list's welcome message unless `welcome` is false."""
         form = {"list_id": list_id, "subscriber": address, "role": role}
         if role == "member":
             form |= {"pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true"}
+            if not welcome:
+                form["send_welcome_message"] = "false"
         try:
             status, _ = self._call("POST", "members", form)
         except MailmanError as exc:

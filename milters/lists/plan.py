@@ -122,6 +122,9 @@ class Subscribe:
     name: str
     address: str  # as the inventory spells it
     role: str
+    # A person gets the list's welcome message; another list does not (it would only be
+    # held there, a post from a non-member).
+    welcome: bool = True
 
     def describe(self) -> str:
         return f"add {self.role} {self.address} to {self.name}"
@@ -188,6 +191,7 @@ def plan(
     acceptable aliases."""
     lists = tuple(lists)
     upstream = upstream_lists(lists)
+    list_addresses = {s.name.lower() for s in lists}
     wanted_domains = dict.fromkeys([d.mail_host for d in domains] + [s.mail_host for s in lists])
     actions: list[Action] = [CreateDomain(d) for d in wanted_domains if d not in have.domains]
     actions += [CreateList(s.name, s.list_id) for s in lists if s.list_id not in have.lists]
@@ -210,7 +214,8 @@ def plan(
                 if key in before:
                     left.append(Left(spec.name, address, role))
                 else:
-                    actions.append(Subscribe(spec.list_id, spec.name, address, role))
+                    welcome = key not in list_addresses
+                    actions.append(Subscribe(spec.list_id, spec.name, address, role, welcome))
             # Who the inventory names and who is (or will be) on the roster; names the
             # inventory dropped are forgotten, so naming them again adds them again.
             entry[role] = frozenset(a.lower() for a in wanted)

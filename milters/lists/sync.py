@@ -207,7 +207,9 @@ class ListsSync:
             elif isinstance(action, AcceptAliases):
                 self.mailman.set_acceptable_aliases(action.list_id, action.aliases)
             else:
-                joined = self.mailman.subscribe(action.list_id, action.address, action.role)
+                joined = self.mailman.subscribe(
+                    action.list_id, action.address, action.role, welcome=action.welcome
+                )
                 if joined is Joined.PENDING:
                     summary.pending += 1
                     self.log.emit(

@@ -320,3 +320,13 @@ def test_an_unwritable_state_file_is_a_state_file_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(StateFileError, match="cannot write"):
         save_ledger(str(tmp_path / "not-a-dir" / "lists.json"), {})
+
+
+def test_a_list_joining_another_gets_no_welcome_message_and_a_person_does() -> None:
+    """A welcome message sent to a list would be held there (its sender is no member)."""
+    result = plan([], [STAFF, ALL], MailmanState(frozenset({"example.org"}), {}), {})
+    joins = {a.address.lower(): a.welcome for a in result.actions if isinstance(a, Subscribe)}
+    assert joins["staff@example.org"] is False
+    assert [w for address, w in joins.items() if address != "staff@example.org"] == [True] * (
+        len(joins) - 1
+    )
