@@ -3,10 +3,12 @@
 The milter's bands (>3.0 tag, >=5.0 reject) are checked at their edges, so a test message must
 score exactly its test rule: incidental rules that fire on well-formed test mail are zeroed here.
 
-`tuned` (the default) runs spamd as the spamassassin role deploys it
-(`spamassassin_compile_rules: true`): the body rules that `sa-compile` turned into native code
-are matched by Rule2XSBody. `tuned=False` is the spamd deployed before issue 17, for the
-side-by-side benchmark and the test that both give every message the same score and tests.
+`tuned` (the default) runs spamd as the spamassassin role deploys it: the body rules that
+`sa-compile` turned into native code are matched by Rule2XSBody (`spamassassin_compile_rules`),
+and spamd, which has no per-user configuration here, no longer restores its whole configuration
+after every message (`spamassassin_skip_config_restore`, the role's Mailglue::SpamdKeepConfig).
+`tuned=False` is the spamd deployed before issue 17, for the side-by-side benchmark and the test
+that both give every message the same score and tests.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ COMPILED_RULES_DIR = Path("/var/lib/spamassassin/compiled")
 """Where sa-compile writes and Rule2XSBody reads (per Perl and SpamAssassin version); the
 plugin uses a compiled rule only where its name and regex equal the loaded rule's, so rules of
 our own (the test rules below) simply run in Perl."""
+KEEP_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ansible/roles/spamassassin/files/perl"
+"""The role's Mailglue::SpamdKeepConfig, loaded by a tuned spamd exactly as deployed."""
+KEEP_CONFIG_ACTIVE = "mailglue: spamd keeps its configuration between messages"
 _ZOOM = re.compile(r"zoom: able to use (\d+)/(\d+) '(\w+)' compiled rules")
 
 TESTS_HEADER = "Mailglue-Tests"
@@ -146,6 +151,15 @@ class Spamd:
         self.max_children = max_children
         self.extra_args = extra_args
         self.tuned = tuned
+        self.command: tuple[str, ...] = ("/usr/sbin/spamd",)
+        if tuned:  # as the role's spamd command with spamassassin_skip_config_restore
+            self.command = (
+                "/usr/bin/perl",
+                "-T",
+                f"-I{KEEP_CONFIG_DIR}",
+                "-MMailglue::SpamdKeepConfig",
+                "/usr/sbin/spamd",
+            )
         self.local_cf_text = local_cf() if local_cf_text is None else local_cf_text
         self._proc: ManagedProcess | None = None
 
@@ -178,7 +192,7 @@ class Spamd:
         if not (self.site_dir / "local.cf").exists():
             self.configure()
         argv = [
-            "/usr/sbin/spamd",
+            *self.command,
             "-L",
             "-x",
             f"--listen={self.host}:{self.port}",
@@ -200,6 +214,15 @@ class Spamd:
                 "tuned spamd started without compiled body rules (no 'zoom: able to use' line;"
                 f" stale or missing sa-compile output?)\n{log_tail(self.log_path)}"
             )
+        if self.tuned and not self.keeps_config():
+            raise DaemonError(f"tuned spamd restores its configuration\n{log_tail(self.log_path)}")
+
+    def keeps_config(self) -> bool:
+        """True if Mailglue::SpamdKeepConfig said it is active (it prints that at start)."""
+        try:
+            return KEEP_CONFIG_ACTIVE in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
 
     def compiled_rules_in_use(self) -> dict[str, tuple[int, int]]:
         """Rule2XSBody's own report from the log: {'body_0': (used, compiled)}, empty if off."""
