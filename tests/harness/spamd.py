@@ -141,7 +141,11 @@ class Spamd:
         extra_args: tuple[str, ...] = (),
         tuned: bool = True,
         local_cf_text: str | None = None,
+        compiled_rules: bool | None = None,
+        keep_config: bool | None = None,
     ) -> None:
+        """`tuned` sets both tunings; `compiled_rules` / `keep_config` set one alone (to
+        measure what each saves, bench/spamd_cost.py)."""
         self.root = root
         self.host = LOOPBACK
         self.port = free_port()
@@ -151,8 +155,10 @@ class Spamd:
         self.max_children = max_children
         self.extra_args = extra_args
         self.tuned = tuned
+        self.compiled_rules = tuned if compiled_rules is None else compiled_rules
+        self.keep_config = tuned if keep_config is None else keep_config
         self.command: tuple[str, ...] = ("/usr/sbin/spamd",)
-        if tuned:  # as the role's spamd command with spamassassin_skip_config_restore
+        if self.keep_config:  # as the role's spamd command with spamassassin_skip_config_restore
             self.command = (
                 "/usr/bin/perl",
                 "-T",
@@ -177,7 +183,7 @@ class Spamd:
         for pre in SA_CONFIG_DIR.glob("*.pre"):
             if pre.name != COMPILED_PRE:  # the machine's sa-compile package must not decide
                 shutil.copy(pre, self.site_dir / pre.name)
-        if self.tuned:
+        if self.compiled_rules:
             if not any(COMPILED_RULES_DIR.glob("*/*/Mail/SpamAssassin/CompiledRegexps/body_0.pm")):
                 raise DaemonError(
                     f"tuned spamd: no compiled body rules under {COMPILED_RULES_DIR}; "
@@ -209,12 +215,12 @@ class Spamd:
         self._proc.start()
         self._proc.wait_ready(self.address, timeout=timeout)
         self._ping(timeout)
-        if self.tuned and not self.compiled_rules_in_use():
+        if self.compiled_rules and not self.compiled_rules_in_use():
             raise DaemonError(
                 "tuned spamd started without compiled body rules (no 'zoom: able to use' line;"
                 f" stale or missing sa-compile output?)\n{log_tail(self.log_path)}"
             )
-        if self.tuned and not self.keeps_config():
+        if self.keep_config and not self.keeps_config():
             raise DaemonError(f"tuned spamd restores its configuration\n{log_tail(self.log_path)}")
 
     def keeps_config(self) -> bool:
