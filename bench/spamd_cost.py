@@ -83,13 +83,17 @@ def phases(log: Path, offset: int = 0) -> tuple[int, dict[str, float]]:
 
 
 def group_of(name: str) -> str:
-    return name.split("-", 1)[0]  # bench / spamassassin / cpython
+    """bench-5KB and bench-100KB each alone; spamassassin and cpython as a group each."""
+    return name if name.startswith("bench-") else name.split("-", 1)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.spamd_cost", description=__doc__)
     parser.add_argument("--rounds", type=int, default=4, help="passes over the corpus")
     parser.add_argument("--children", type=int, default=3, help="spamd --max-children")
+    parser.add_argument(
+        "--only", default="", help="comma-separated message name prefixes, e.g. bench-"
+    )
     parser.add_argument(
         "--variant",
         type=parse_variant,
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     variants = args.variant or [Variant(kind, kind) for kind in KINDS]
-    corpus = verdict_corpus()
+    prefixes = tuple(p for p in args.only.split(",") if p)
+    corpus = [m for m in verdict_corpus() if not prefixes or m[0].startswith(prefixes)]
     root = Path(tempfile.mkdtemp(prefix="mailglue-spamd-cost-"))
     root.chmod(0o755)
     try:
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep_config=KINDS[v.kind][1],
             )
             v.spamd.start()
-            for _, data in corpus[:4]:  # warm every child a little
+            for _, data in verdict_corpus()[:4]:  # warm every child a little
                 spamd_headers(v.spamd.address, data)
             time.sleep(1)
             assert v.spamd.process is not None and v.spamd.process.proc is not None
