@@ -7,8 +7,10 @@ the role's defaults turn both tunings on, and the harness loads the role's own f
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.harness import spamd
@@ -57,3 +59,38 @@ def test_the_verdict_tests_local_cf_is_the_roles_with_bayes_off() -> None:
         if line.startswith("#") or line.startswith(("use_bayes", "bayes_auto_learn")):
             continue
         assert line in rendered.splitlines(), line
+
+
+@pytest.mark.parametrize(
+    ("args", "active"),
+    [
+        (["--nouser-config", "--allow-tell"], True),
+        (["-L", "-x"], True),
+        (["--allow-tell"], False),  # spamd reads users' user_prefs by default
+        (["-x", "-q"], False),  # SQL preferences
+        (["--nouser-config", "--virtual-config-dir=/srv/%u"], False),
+        (["--nouser-config", "--ldap-config"], False),
+    ],
+)
+def test_keep_config_is_active_only_without_per_user_configuration(
+    args: list[str], active: bool
+) -> None:
+    done = subprocess.run(
+        [
+            "perl",
+            "-T",
+            f"-I{spamd.KEEP_CONFIG_DIR}",
+            "-MMailglue::SpamdKeepConfig",
+            "-e",
+            "print $Mailglue::SpamdKeepConfig::ACTIVE",
+            "--",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout == ("1" if active else "0"), done.stdout + done.stderr
+    said = "keeps its configuration" if active else "restores its configuration"
+    assert said in done.stderr, done.stderr
