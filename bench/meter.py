@@ -81,6 +81,21 @@ class ProcessGroup:
         except OSError:
             self.use_cgroup = False
 
+    def sweep(self) -> None:
+        """Move in what the process groups forked since `adopt` outside the cgroup.
+
+        A child forked while `adopt` was moving its parent stays in the parent's old cgroup
+        (a preforking spamd starts its children just then), and its CPU would go uncounted.
+        """
+        if not self.use_cgroup:
+            return
+        inside = set(self.pids())
+        with contextlib.suppress(OSError):
+            for pgid in self.pgids:
+                for pid in _group_pids(pgid):
+                    if pid not in inside:
+                        (self.cgroup / "cgroup.procs").write_text(f"{pid}\n")
+
     def pids(self) -> list[int]:
         if self.use_cgroup:
             with contextlib.suppress(OSError):
@@ -131,6 +146,8 @@ class Meter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        for g in self.groups:
+            g.sweep()
         self._start = {g.name: g.cpu_seconds() for g in self.groups}
         self._peak = dict.fromkeys((g.name for g in self.groups), 0.0)
         self._peak_pss = dict.fromkeys((g.name for g in self.groups), 0.0)

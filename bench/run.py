@@ -23,7 +23,15 @@ from .load import Result, limit_load, smtp_load
 from .meter import Meter
 from .stack import SPAM_MAX_SIZE, Stack, Target
 
-CONFIGS = ("limit", "baseline", "mailglue", "mailglue-queue", "milter-peers", "amavis")
+CONFIGS = (
+    "limit",
+    "limit-untuned",
+    "baseline",
+    "mailglue",
+    "mailglue-queue",
+    "milter-peers",
+    "amavis",
+)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -42,13 +50,13 @@ QUICK = Plan(("5KB", "100KB", "10MB"), (20,), {"5KB": 60, "100KB": 20, "10MB": 4
 def run_one(stack: Stack, target: Target, tpl: Template, count: int, concurrency: int) -> Any:
     tag = f"{target.name}-{uuid.uuid4().hex[:10]}"
     mta = [stack.groups["cyrus"], *([target.mta] if target.mta else [])]
-    groups = [*target.filters, stack.groups["spamd"], stack.groups["clamd"], *mta]
+    groups = [*target.filters, stack.groups[target.spamd], stack.groups["clamd"], *mta]
     m = Meter(groups)
     m.start()
     result: Result
     if target.postfix is None:
         result = limit_load(
-            stack.spamd.address,
+            stack.spamds[target.spamd].address,
             stack.clamd.socket_path,
             tpl,
             tag,
@@ -76,6 +84,7 @@ def run_one(stack: Stack, target: Target, tpl: Template, count: int, concurrency
         filter_names,
         stuck,
         [g.name for g in mta],
+        target.spamd,
     )
     if target.events is not None:
         s["milter_overhead_ms"] = milter_overhead(target.events, tag)

@@ -22,7 +22,7 @@ from tests.harness.spamd import Spamd
 from .meter import ProcessGroup
 from .peers import Amavis, ClamavMilter, SpamassMilter, amavis_master_cf
 
-SPAMD_CHILDREN = 5
+SPAMD_CHILDREN = 5  # the role deploys 3; on 2 cores the CPU per message is the same (README)
 SPAM_MAX_SIZE = 512 * 1024  # the milter's spam.max_size default; spamc's is 500 KB
 QUEUE_DIRS = ("maildrop", "incoming", "active", "deferred", "hold")
 
@@ -66,12 +66,18 @@ class Target:
     stop: list[Callable[[], None]] = field(default_factory=list)
     mta: ProcessGroup | None = None  # this configuration's Postfix (Cyrus is shared)
     events: Path | None = None  # mailglue's JSON event log
+    spamd: str = "spamd"  # the process group of the spamd it asks (see Stack.spamds)
 
 
 class Stack:
+    """Every configuration asks `spamd`, tuned as the spamassassin role deploys it; the
+    `limit-untuned` configuration asks a second spamd, `spamd-untuned`, as deployed before
+    issue 17 (no compiled body rules), so the two are measured side by side in one run."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.spamd = Spamd(root / "spamd", max_children=SPAMD_CHILDREN)
+        self.spamds = {"spamd": self.spamd}
         self.clamd = Clamd(root / "clamd")
         self.cyrus = Cyrus(root / "cyrus")
         self.groups = {
@@ -143,6 +149,15 @@ class Stack:
 
     def _make_limit(self) -> Target:
         return Target("limit", None)
+
+    def _make_limit_untuned(self) -> Target:
+        untuned = Spamd(self.root / "spamd-untuned", max_children=SPAMD_CHILDREN, tuned=False)
+        untuned.start()
+        self._stops.append(untuned.stop)
+        self.spamds["spamd-untuned"] = untuned
+        self.groups["spamd-untuned"] = ProcessGroup("spamd-untuned")
+        self.groups["spamd-untuned"].adopt(_pgid(untuned.process))
+        return Target("limit-untuned", None, spamd="spamd-untuned")
 
     def _make_baseline(self) -> Target:
         return Target("baseline", self._postfix("baseline", None))

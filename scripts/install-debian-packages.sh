@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mailglue's daemons and tests need (Chromium and its driver:
 # the webmail tests drive a real browser; PostgreSQL: they run webmail on it too; NSD:
-# `mailglue dns --check` asks a real name server; Mailman: the lists tests run its core).
+# `mailglue dns --check` asks a real name server; Mailman: the lists tests run its core;
+# sa-compile and re2c: spamd's body rules
+# compiled to native code, as deployed; libpython3.11-testsuite: CPython's email test messages,
+# part of the corpus on which tuned and untuned spamd must agree).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
 packages=(
   postfix cyrus-imapd cyrus-admin cyrus-clients sasl2-bin
-  spamd spamassassin spamc clamav-daemon clamav-testfiles
+  spamd spamassassin spamc sa-compile re2c clamav-daemon clamav-testfiles
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
-  chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3
+  chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3 libpython3.11-testsuite
 )
 
 missing=()

@@ -2,10 +2,18 @@
 
 The milter's bands (>3.0 tag, >=5.0 reject) are checked at their edges, so a test message must
 score exactly its test rule: incidental rules that fire on well-formed test mail are zeroed here.
+
+`tuned` (the default) runs spamd as the spamassassin role deploys it: the body rules that
+`sa-compile` turned into native code are matched by Rule2XSBody (`spamassassin_compile_rules`),
+and spamd, which has no per-user configuration here, no longer restores its whole configuration
+after every message (`spamassassin_skip_config_restore`, the role's Mailglue::SpamdKeepConfig).
+`tuned=False` is the spamd deployed before issue 17, for the side-by-side benchmark and the test
+that both give every message the same score and tests.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -16,6 +24,21 @@ from .process import LOOPBACK, DaemonError, ManagedProcess, chown, free_port, lo
 
 SPAMD_USER = "debian-spamd"
 SA_CONFIG_DIR = Path("/etc/spamassassin")
+
+COMPILED_PRE = "sa-compile.pre"
+"""Debian's sa-compile package drops this into /etc/spamassassin; only a tuned spamd loads it."""
+COMPILED_PRE_TEXT = (
+    "# Body rules compiled by sa-compile (re2c + gcc), matched natively.\n"
+    "loadplugin Mail::SpamAssassin::Plugin::Rule2XSBody\n"
+)
+COMPILED_RULES_DIR = Path("/var/lib/spamassassin/compiled")
+"""Where sa-compile writes and Rule2XSBody reads (per Perl and SpamAssassin version); the
+plugin uses a compiled rule only where its name and regex equal the loaded rule's, so rules of
+our own (the test rules below) simply run in Perl."""
+KEEP_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ansible/roles/spamassassin/files/perl"
+"""The role's Mailglue::SpamdKeepConfig, loaded by a tuned spamd exactly as deployed."""
+KEEP_CONFIG_ACTIVE = "mailglue: spamd keeps its configuration between messages"
+_ZOOM = re.compile(r"zoom: able to use (\d+)/(\d+) '(\w+)' compiled rules")
 
 TESTS_HEADER = "Mailglue-Tests"
 """spamd adds `X-Spam-Mailglue-Tests: RULE=score,...` at full precision (SPAMC HEADERS)."""
@@ -89,10 +112,40 @@ def local_cf() -> str:
     return "\n".join(lines) + "\n"
 
 
+def deployed_local_cf() -> str:
+    """local.cf as the spamassassin role writes it with its defaults (templates/.../local.cf.j2),
+    except Bayes: off here, so scores do not depend on what a database has learned (an empty
+    database, as on a new deployment, scores nothing either). Stock scores: no test rules."""
+    lines = [
+        "# mailglue: the deployed local.cf (role defaults), Bayes off.",
+        "required_score 5.0",
+        "report_safe 0",
+        "add_header all Mailglue-Tests _TESTSSCORES(,)_",
+        "use_bayes 0",
+        "bayes_auto_learn 0",
+        "dns_available no",
+        "skip_rbl_checks 1",
+        "use_razor2 0",
+        "use_pyzor 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 class Spamd:
     """One spamd on a loopback port; slow to start (~several s), so one per test session."""
 
-    def __init__(self, root: Path, max_children: int = 5, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_children: int = 5,
+        extra_args: tuple[str, ...] = (),
+        tuned: bool = True,
+        local_cf_text: str | None = None,
+        compiled_rules: bool | None = None,
+        keep_config: bool | None = None,
+    ) -> None:
+        """`tuned` sets both tunings; `compiled_rules` / `keep_config` set one alone (to
+        measure what each saves, bench/spamd_cost.py)."""
         self.root = root
         self.host = LOOPBACK
         self.port = free_port()
@@ -101,6 +154,19 @@ class Spamd:
         self.log_path = root / "spamd.log"
         self.max_children = max_children
         self.extra_args = extra_args
+        self.tuned = tuned
+        self.compiled_rules = tuned if compiled_rules is None else compiled_rules
+        self.keep_config = tuned if keep_config is None else keep_config
+        self.command: tuple[str, ...] = ("/usr/sbin/spamd",)
+        if self.keep_config:  # as the role's spamd command with spamassassin_skip_config_restore
+            self.command = (
+                "/usr/bin/perl",
+                "-T",
+                f"-I{KEEP_CONFIG_DIR}",
+                "-MMailglue::SpamdKeepConfig",
+                "/usr/sbin/spamd",
+            )
+        self.local_cf_text = local_cf() if local_cf_text is None else local_cf_text
         self._proc: ManagedProcess | None = None
 
     @property
@@ -115,8 +181,16 @@ class Spamd:
     def configure(self) -> None:
         self.site_dir.mkdir(parents=True, exist_ok=True)
         for pre in SA_CONFIG_DIR.glob("*.pre"):
-            shutil.copy(pre, self.site_dir / pre.name)
-        (self.site_dir / "local.cf").write_text(local_cf())
+            if pre.name != COMPILED_PRE:  # the machine's sa-compile package must not decide
+                shutil.copy(pre, self.site_dir / pre.name)
+        if self.compiled_rules:
+            if not any(COMPILED_RULES_DIR.glob("*/*/Mail/SpamAssassin/CompiledRegexps/body_0.pm")):
+                raise DaemonError(
+                    f"tuned spamd: no compiled body rules under {COMPILED_RULES_DIR}; "
+                    "install Debian's sa-compile (its postinst runs sa-compile) or run sa-compile"
+                )
+            (self.site_dir / COMPILED_PRE).write_text(COMPILED_PRE_TEXT)
+        (self.site_dir / "local.cf").write_text(self.local_cf_text)
         self.home_dir.mkdir(exist_ok=True)
         chown(self.home_dir, SPAMD_USER, mode=0o700)
 
@@ -124,7 +198,7 @@ class Spamd:
         if not (self.site_dir / "local.cf").exists():
             self.configure()
         argv = [
-            "/usr/sbin/spamd",
+            *self.command,
             "-L",
             "-x",
             f"--listen={self.host}:{self.port}",
@@ -141,6 +215,28 @@ class Spamd:
         self._proc.start()
         self._proc.wait_ready(self.address, timeout=timeout)
         self._ping(timeout)
+        if self.compiled_rules and not self.compiled_rules_in_use():
+            raise DaemonError(
+                "tuned spamd started without compiled body rules (no 'zoom: able to use' line;"
+                f" stale or missing sa-compile output?)\n{log_tail(self.log_path)}"
+            )
+        if self.keep_config and not self.keeps_config():
+            raise DaemonError(f"tuned spamd restores its configuration\n{log_tail(self.log_path)}")
+
+    def keeps_config(self) -> bool:
+        """True if Mailglue::SpamdKeepConfig said it is active (it prints that at start)."""
+        try:
+            return KEEP_CONFIG_ACTIVE in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+
+    def compiled_rules_in_use(self) -> dict[str, tuple[int, int]]:
+        """Rule2XSBody's own report from the log: {'body_0': (used, compiled)}, empty if off."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        return {m[3]: (int(m[1]), int(m[2])) for m in _ZOOM.finditer(text)}
 
     def _ping(self, timeout: float) -> None:
         """The parent accepts before its children have loaded the rules: wait for a PONG.
