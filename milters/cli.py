@@ -178,10 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _add_every(command: argparse.ArgumentParser) -> None:
     """`--every SECONDS`: the periodic commands run once, or as a service (common/periodic)."""
     command.add_argument(
@@ -190,3 +186,7 @@ def _add_every(command: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="run again every SECONDS until stopped (run as a service; Ansible does this)",
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

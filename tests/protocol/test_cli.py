@@ -52,3 +52,16 @@ def test_learn_config_is_recognised_and_its_password_masked(tmp_path: Path) -> N
     printed = json.loads(result.stdout)
     assert printed["kind"] == "learn" and printed["imap"]["password"] == "********"
     assert "hunter2" not in result.stdout
+
+
+def test_python_dash_m_runs_the_same_commands() -> None:
+    """`python -m milters.cli` (how the tests start some commands) builds every subcommand:
+    a helper defined below the `__main__` guard once broke it while `mailglue` worked."""
+    for command in ("learn", "quota", "lists", "dns"):
+        result = subprocess.run(
+            [sys.executable, "-m", "milters.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
