@@ -286,8 +286,8 @@ def spamd_tuning(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for (size, conc), cell in cells.items():
         untuned, tuned = cell.get("limit-untuned"), cell.get("limit")
-        if untuned is None or tuned is None or not untuned["spamd_cpu_ms_per_msg"]:
-            continue
+        if untuned is None or tuned is None or untuned["spamd_cpu_ms_per_msg"] < 1.0:
+            continue  # 10 MB: above spam.max_size, spamd is not asked
         before, after = untuned["spamd_cpu_ms_per_msg"], tuned["spamd_cpu_ms_per_msg"]
         amavis = cell.get("amavis")
         out.append(
