@@ -157,12 +157,16 @@ class Spamd:
         self.tuned = tuned
         self.compiled_rules = tuned if compiled_rules is None else compiled_rules
         self.keep_config = tuned if keep_config is None else keep_config
+        # A copy of the role's module in our own directory: perl also searches there for the
+        # modules spamd's children load later, as spamd's user, who may not be able to enter
+        # the checkout (under a 0700 directory, as a clean CI clone is).
+        self.perl_dir = root / "perl"
         self.command: tuple[str, ...] = ("/usr/sbin/spamd",)
         if self.keep_config:  # as the role's spamd command with spamassassin_skip_config_restore
             self.command = (
                 "/usr/bin/perl",
                 "-T",
-                f"-I{KEEP_CONFIG_DIR}",
+                f"-I{self.perl_dir}",
                 "-MMailglue::SpamdKeepConfig",
                 "/usr/sbin/spamd",
             )
@@ -191,6 +195,7 @@ class Spamd:
                 )
             (self.site_dir / COMPILED_PRE).write_text(COMPILED_PRE_TEXT)
         (self.site_dir / "local.cf").write_text(self.local_cf_text)
+        shutil.copytree(KEEP_CONFIG_DIR, self.perl_dir, dirs_exist_ok=True)
         self.home_dir.mkdir(exist_ok=True)
         chown(self.home_dir, SPAMD_USER, mode=0o700)
 
