@@ -278,12 +278,8 @@ def make_postfix(
 def mailman(stack_root: Path, daemon_logs: DaemonLogs, smtp_sink: SmtpSink) -> Iterator[Mailman]:
     """Mailman 3 core from Debian (REST and LMTP on loopback); what it sends goes to the
     session's smtp-sink. Starting takes 15-30 s; `mailman.reset()` empties it for a test."""
-    d = Mailman(stack_root / "mailman", smtp_sink.address)
-    daemon_logs.register("mailman", d.log_path)
-    daemon_logs.register("mailman.log", d.mailman_log)
-    daemon_logs.register("mailman smtp.log", d.smtp_log)
-    try:
-        d.start()
+    daemon = Mailman(stack_root / "mailman", smtp_sink.address)
+    daemon_logs.register("mailman.log", daemon.mailman_log)
+    daemon_logs.register("mailman smtp.log", daemon.smtp_log)
+    with started(daemon, "mailman", daemon_logs) as d:
         yield d
-    finally:
-        d.stop()
