@@ -3,7 +3,10 @@
 Module-scoped: everything is started for tests/fault/test_no_loss.py and torn down when that
 module ends, before the integration tests start their own session stack (and their /dev/log
 catcher). The layout is the design's: Postfix → policy service (RCPT, LDAP + Cyrus) → scan
-milter (spamd + clamd, then LMTP delivery to Cyrus before the 250).
+milter (spamd + clamd, then LMTP delivery to Cyrus before the 250). A mailing list is wired as
+the deployment wires it: a post for LIST_ADDRESS goes from the milter to Mailman's LMTP before
+the 250, and Mailman sends the members' copies to Postfix's re-injection smtpd (no scan milter),
+which hands them to Cyrus.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import pytest
 
 from tests.harness.clamd import Clamd
 from tests.harness.cyrus import Cyrus
+from tests.harness.mailman import Mailman
 from tests.harness.milter import ScanMilter
 from tests.harness.policy import PolicyService
-from tests.harness.postfix import Postfix
+from tests.harness.postfix import Postfix, reinject_service
 from tests.harness.process import LOOPBACK, free_port
 from tests.harness.slapd import USERS, Slapd
 from tests.harness.spamd import Spamd
@@ -29,6 +33,7 @@ from tests.harness.spamd import Spamd
 from .reconcile import TALLIES, Tally
 
 MAILBOX_USERS = [u.uid for u in USERS]  # alice, bob, carol: in LDAP and with a mailbox
+LIST_ADDRESS = "staff@example.org"  # every mailbox user is a member; anyone may post
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -55,6 +60,7 @@ class FaultStack:
     policy: PolicyService
     milter: ScanMilter
     postfix: Postfix
+    mailman: Mailman
 
     @property
     def logs(self) -> dict[str, Path]:
@@ -68,10 +74,12 @@ class FaultStack:
             "clamd": self.clamd.log_path,
             "cyrmaster": self.cyrus.log_path,
             "slapd": self.slapd.log_path,
+            "mailman": self.mailman.mailman_log,
+            "mailman-smtp": self.mailman.smtp_log,
         }
 
 
-def milter_config(spamd: Spamd, clamd: Clamd, cyrus: Cyrus) -> dict[str, object]:
+def milter_config(spamd: Spamd, clamd: Clamd, cyrus: Cyrus, mailman: Mailman) -> dict[str, object]:
     """Delivery-confirmed acceptance, tempfail on every backend failure (the defaults)."""
     return {
         "milter": {"hostname": "mx.example.org", "time_budget": 60, "keepalive_interval": 5},
@@ -81,6 +89,7 @@ def milter_config(spamd: Spamd, clamd: Clamd, cyrus: Cyrus) -> dict[str, object]
             "mode": "lmtp",
             "local_domains": ["example.org"],
             "lmtp_backend": f"unix:{cyrus.lmtp_socket}",
+            "lists_map": str(mailman.transport_map),
         },
     }
 
@@ -95,28 +104,36 @@ def fault_stack() -> Iterator[FaultStack]:
         clamd = Clamd(root / "clamd")
         cyrus = Cyrus(root / "cyrus")
         slapd = Slapd(root / "slapd")
-        for daemon in (spamd, clamd, cyrus, slapd):
+        milter_port, reinject_port = free_port(), free_port()
+        mailman = Mailman(root / "mailman", (LOOPBACK, reinject_port))
+        policy = PolicyService(root / "policy", slapd.uri, cyrus.lmtp_socket, mailman.transport_map)
+        postfix = Postfix(
+            root / "postfix",
+            cyrus.lmtp_socket,
+            (LOOPBACK, free_port()),  # relay.test: unused here
+            f"inet:{LOOPBACK}:{milter_port}",
+            {"smtpd_recipient_restrictions": f"reject_unauth_destination, {policy.check}"},
+            master_extra=reinject_service(reinject_port),
+        )
+        for daemon in (spamd, clamd, cyrus, slapd, mailman):
             daemon.start()
             stops.append(daemon.stop)
         for user in MAILBOX_USERS:
             cyrus.add_user(user, f"{user}-secret")
             cyrus.create_mailbox(user)
-        policy = PolicyService(root / "policy", slapd.uri, cyrus.lmtp_socket)
+        # Anyone may post (the load's sender is no member): every post goes to the members.
+        members = [f"{user}@example.org" for user in MAILBOX_USERS]
+        mailman.create_list(LIST_ADDRESS, members, {"default_nonmember_action": "accept"})
         policy.start()
         stops.append(policy.stop)
-        milter = ScanMilter(root / "milter", free_port(), milter_config(spamd, clamd, cyrus))
+        milter = ScanMilter(
+            root / "milter", milter_port, milter_config(spamd, clamd, cyrus, mailman)
+        )
         milter.ensure()
         stops.append(milter.stop)
-        postfix = Postfix(
-            root / "postfix",
-            cyrus.lmtp_socket,
-            (LOOPBACK, free_port()),  # relay.test: unused here
-            f"inet:{LOOPBACK}:{milter.port}",
-            {"smtpd_recipient_restrictions": f"reject_unauth_destination, {policy.check}"},
-        )
         postfix.start()
         stops.append(postfix.stop)
-        yield FaultStack(root, spamd, clamd, cyrus, slapd, policy, milter, postfix)
+        yield FaultStack(root, spamd, clamd, cyrus, slapd, policy, milter, postfix, mailman)
     finally:
         for stop in reversed(stops):
             stop()

@@ -106,14 +106,14 @@ class Tally:
     unscanned: int
 
     HEADER = (
-        f"{'fault':<7} {'sent':>5} {'accepted':>8} {'deferred':>8} {'rejected':>8} "
+        f"{'fault':<9} {'sent':>5} {'accepted':>8} {'deferred':>8} {'rejected':>8} "
         f"{'stored':>6} {'duplicates':>10} {'lost':>4} {'4xx-but-stored':>14} | "
         f"{'retried':>7} {'accepted':>8} {'stored':>6} {'duplicates':>10} {'lost':>4}"
     )
 
     def row(self) -> str:
         return (
-            f"{self.fault:<7} {self.sent:>5} {self.accepted:>8} {self.deferred:>8} "
+            f"{self.fault:<9} {self.sent:>5} {self.accepted:>8} {self.deferred:>8} "
             f"{self.rejected:>8} {self.stored:>6} {self.duplicates:>10} {self.lost:>4} "
             f"{self.deferred_but_stored:>14} | {self.retried:>7} {self.accepted_final:>8} "
             f"{self.stored_final:>6} {self.duplicates_final:>10} {self.lost_final:>4}"

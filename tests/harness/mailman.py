@@ -182,10 +182,13 @@ configuration: {self.postfix_cfg_path}
     def start(self, timeout: float = 120) -> None:
         if not self.conf_path.exists():
             self.configure()
-        argv = [str(MASTER), "-C", str(self.conf_path)]
+        # --force: a master that was killed leaves its lock behind, as after a crash; the
+        # deployment's supervisor starts it the same way.
+        master = [str(MASTER), "--force", "-C", str(self.conf_path)]
+        argv = master
         if os.geteuid() == 0:
             argv = ["setpriv", "--reuid", MAILMAN_USER, "--regid", MAILMAN_USER]
-            argv += ["--init-groups", str(MASTER), "-C", str(self.conf_path)]
+            argv += ["--init-groups", *master]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": str(self.root)}
         self._proc = ManagedProcess(
             "mailman",
@@ -233,6 +236,34 @@ configuration: {self.postfix_cfg_path}
                 raise DaemonError(f"mailman: REST API not answering 200 in time\n{self._tails()}")
             time.sleep(0.2)
 
+    def queued(self) -> dict[str, int]:
+        """Files waiting in each of Mailman's queues (`.pck`), or being worked on (`.bak`)."""
+        counts: dict[str, int] = {}
+        queue_root = self.var_dir / "queue"
+        for queue in sorted(queue_root.iterdir()) if queue_root.exists() else []:
+            n = sum(1 for f in queue.iterdir() if f.suffix in (".pck", ".bak"))
+            if n:
+                counts[queue.name] = n
+        return counts
+
+    def busy(self) -> dict[str, int]:
+        """The work queues that still hold something. Not counted: `shunt` and `bad` (where
+        Mailman keeps what failed) and the queues of runners that are off (`archive`,
+        `digest`: filled, never emptied here)."""
+        idle = ("shunt", "bad", *self.runners_off)
+        return {q: n for q, n in self.queued().items() if q not in idle}
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Until every post Mailman holds in a work queue has been sent on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.busy()
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise DaemonError(f"mailman still busy after {timeout}s: {busy}\n{self._tails()}")
+            time.sleep(0.2)
+
     def _tails(self) -> str:
         return "\n".join(f"--- {p} ---\n{log_tail(p)}" for p in (self.log_path, self.mailman_log))
 
@@ -275,6 +306,26 @@ configuration: {self.postfix_cfg_path}
             data |= {"pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true"}
         status, body = self.request("POST", "members", data)
         assert status == 201, (status, body)
+
+    def create_list(
+        self, address: str, members: list[str], settings: dict[str, str] | None = None
+    ) -> str:
+        """A list (and its domain, if new) with these members and settings; its list id.
+
+        No welcome messages: a test's Mailman may send them before the MTA it talks to is up,
+        and would then retry them 15 minutes later (its retry queue never empties)."""
+        local, domain = address.split("@")
+        status, body = self.request("POST", "domains", {"mail_host": domain})
+        assert status in (201, 400), (status, body)  # 400: the domain exists
+        status, body = self.request("POST", "lists", {"fqdn_listname": address})
+        assert status == 201, (status, body)
+        list_id = f"{local}.{domain}"
+        config = {"send_welcome_message": "false", **(settings or {})}
+        status, body = self.request("PATCH", f"lists/{list_id}/config", config)
+        assert status == 204, (status, body)
+        for member in members:
+            self.subscribe(list_id, member)
+        return list_id
 
     def reset(self) -> None:
         """Remove every list and domain, so a test module starts from an empty Mailman."""

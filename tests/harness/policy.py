@@ -21,8 +21,11 @@ MAILGLUE = str(Path(sys.executable).with_name("mailglue"))
 class PolicyService:
     """`mailglue policy` on a loopback port, answering for example.org from LDAP and Cyrus."""
 
-    def __init__(self, root: Path, ldap_uri: str, lmtp_socket: Path) -> None:
+    def __init__(
+        self, root: Path, ldap_uri: str, lmtp_socket: Path, lists_map: Path | None = None
+    ) -> None:
         self.root = root
+        self.lists_map = lists_map  # Mailman's postfix_lmtp: its list addresses are recipients
         self.port = free_port()
         self.config_path = root / "policy.yaml"
         self.events_path = root / "policy.json"
@@ -48,6 +51,7 @@ class PolicyService:
         secret = self.root / "ldap.secret"
         secret.write_text(ROOT_PASSWORD + "\n")
         secret.chmod(0o600)
+        lists = f"lists:\n  map: {self.lists_map}\n" if self.lists_map is not None else ""
         self.config_path.write_text(
             f"""\
 policy:
@@ -69,7 +73,7 @@ rate_limits:
   client_address: {{messages: 0, recipients: 0}}
 log:
   file: {self.events_path}
-"""
+{lists}"""
         )
 
     def start(self) -> None:

@@ -93,6 +93,10 @@ class SmtpSink:
         self._proc.start()
         self._proc.wait_ready(self.address, timeout=timeout)
 
+    @property
+    def process(self) -> ManagedProcess | None:
+        return self._proc
+
     def messages(self) -> list[bytes]:
         """Every transaction received so far (smtp-sink's dump format: envelope + message)."""
         return [p.read_bytes() for p in sorted(self.dump_dir.iterdir())]
@@ -112,10 +116,12 @@ class Postfix:
         relay_address: tuple[str, int],
         milter: str | None = None,
         main_cf: Mapping[str, str] | None = None,
+        master_extra: str = "",
     ) -> None:
         self.root = root
         self.host = LOOPBACK
         self.port = free_port()
+        self.master_extra = master_extra  # more master.cf services (see reinject_service)
         self.config_dir = root / "etc"
         self.queue_dir = root / "queue"
         self.data_dir = root / "data"
@@ -178,7 +184,8 @@ class Postfix:
         main = "".join(f"{k} = {v}\n" for k, v in self.main_cf().items())
         (self.config_dir / "main.cf").write_text(main)
         listen = f"{self.host}:{self.port}"
-        (self.config_dir / "master.cf").write_text(_MASTER_CF.format(smtpd_listen=listen))
+        master_cf = _MASTER_CF.format(smtpd_listen=listen) + self.master_extra
+        (self.config_dir / "master.cf").write_text(master_cf)
         host, port = self.relay_address
         (self.config_dir / "transport").write_text(f"{RELAY_DOMAIN} smtp:[{host}]:{port}\n")
         # Postfix waits (polling 300 ms, ~2 s) while main.cf looks freshly written; backdate it.
@@ -263,6 +270,16 @@ class Postfix:
             if time.monotonic() > deadline:
                 raise DaemonError(f"postfix queue not empty after {timeout}s: {self.queue()}")
             time.sleep(0.1)
+
+
+def reinject_service(port: int) -> str:
+    """The deployment's re-injection smtpd (its master.cf, 127.0.0.1:10025) as master.cf text:
+    no scan milter, for the copies Mailman sends to a list's members, scanned once as the post."""
+    return (
+        f"{LOOPBACK}:{port} inet n - n - - smtpd\n"
+        "  -o smtpd_milters=\n"
+        "  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
+    )
 
 
 def _alive(pid: int) -> bool:
