@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ANSIBLE_VENV := .venv-ansible
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
-.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick up down clean
+.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists up down clean
 
 deps: debian-packages venv ansible-venv
 
@@ -56,6 +56,11 @@ test: deps lint typecheck
 bench: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(VPY) -m bench
+
+# A 50-member list post against a one-recipient message: spamd scans per post, fan-out rate.
+bench-lists: deps
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench.lists
 
 bench-quick: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -90,13 +90,14 @@ class Template:
         return data.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n"
 
 
-def template(name: str) -> Template:
+def template(name: str, to: str = f"Alice Example <{RECIPIENT}>") -> Template:
+    """The `name` message (SIZES), with `to` as its To: header."""
     size = SIZES[name]
     rng = random.Random(f"mailglue-bench-{name}")
     head = (
         "Received: from client.relay.test (client.relay.test [127.0.0.1])\n"
         "\tby mx.example.org (Postfix) with ESMTP; Mon, 6 May 2024 07:08:09 +0000\n"
-        f"From: Bob Example <{SENDER}>\nTo: Alice Example <{RECIPIENT}>\n"
+        f"From: Bob Example <{SENDER}>\nTo: {to}\n"
         f"Subject: Benchmark message {name}\nDate: Mon, 6 May 2024 07:08:09 +0000\n"
         "Message-ID: @@MESSAGE-ID@@\nMIME-Version: 1.0\n"
     )

@@ -42,14 +42,16 @@ class Result:
         return sum(1 for c in self.codes if c // 100 == 5)
 
 
-def _smtp_one(address: tuple[str, int], wire: bytes, timeout: float) -> tuple[int, float]:
+def _smtp_one(
+    address: tuple[str, int], wire: bytes, timeout: float, recipient: str = RECIPIENT
+) -> tuple[int, float]:
     """One SMTP session, one message; returns (final code, ms from DATA to final reply)."""
     with smtplib.SMTP(*address, timeout=timeout) as smtp:
         smtp.ehlo("client.relay.test")
         code, _ = smtp.mail(SENDER)
         if code // 100 != 2:
             return code, 0.0
-        code, _ = smtp.rcpt(RECIPIENT)
+        code, _ = smtp.rcpt(recipient)
         if code // 100 != 2:
             return code, 0.0
         t0 = time.perf_counter()
@@ -97,10 +99,15 @@ def run_parallel(count: int, concurrency: int, one: Callable[[int], tuple[int, f
 
 
 def smtp_load(
-    address: tuple[str, int], tpl: Template, tag: str, count: int, concurrency: int
+    address: tuple[str, int],
+    tpl: Template,
+    tag: str,
+    count: int,
+    concurrency: int,
+    recipient: str = RECIPIENT,
 ) -> Result:
     wires = [tpl.wire(f"<{tag}.{i}@bench.relay.test>") for i in range(count)]
-    return run_parallel(count, concurrency, lambda i: _smtp_one(address, wires[i], 300))
+    return run_parallel(count, concurrency, lambda i: _smtp_one(address, wires[i], 300, recipient))
 
 
 # --- the limit: spamd + clamd driven directly ------------------------------------------------
