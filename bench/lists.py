@@ -40,14 +40,14 @@ from tests.harness.cyrus import Cyrus
 from tests.harness.mailman import Mailman
 from tests.harness.milter import ScanMilter
 from tests.harness.postfix import SmtpSink, reinject_service
-from tests.harness.process import LOOPBACK, ManagedProcess, free_port
+from tests.harness.process import LOOPBACK, free_port
 from tests.harness.spamd import Spamd
 
 from . import meter, report
 from .corpus import RECIPIENT, template
 from .load import Result, smtp_load
 from .meter import Meter, ProcessGroup
-from .stack import SPAMD_CHILDREN, BenchPostfix
+from .stack import SPAMD_CHILDREN, BenchPostfix, process_group
 
 LIST = "staff@example.org"
 RESULTS = Path(__file__).parent / "results"
@@ -123,7 +123,7 @@ class ListStack:
             ("milter", self.milter.process),
             ("sink", self.sink.process),
         ):
-            self.groups[name].adopt(_pgid(process))
+            self.groups[name].adopt(process_group(process))
         master = self.postfix.master_pid()
         assert master is not None, "postfix master not running"
         self.groups["postfix"].adopt(os.getpgid(master))
@@ -150,11 +150,6 @@ class ListStack:
                 raise TimeoutError(f"still busy after {timeout}s: {self.mailman.queued()}")
             time.sleep(0.05)
         return time.monotonic()
-
-
-def _pgid(process: ManagedProcess | None) -> int:
-    assert process is not None and process.proc is not None
-    return process.proc.pid
 
 
 def spamd_checks(log: Path, tag: str) -> int:

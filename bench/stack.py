@@ -37,7 +37,8 @@ class BenchPostfix(Postfix):
         return total
 
 
-def _pgid(process: ManagedProcess | None) -> int:
+def process_group(process: ManagedProcess | None) -> int:
+    """The process group a harness daemon leads (it is started as a group leader)."""
     assert process is not None and process.proc is not None
     return process.proc.pid
 
@@ -79,9 +80,9 @@ class Stack:
             daemon.start()
             self._stops.append(daemon.stop)
         self.cyrus.create_mailbox("alice")
-        self.groups["spamd"].adopt(_pgid(self.spamd.process))
-        self.groups["clamd"].adopt(_pgid(self.clamd.process))
-        self.groups["cyrus"].adopt(_pgid(self.cyrus.process))
+        self.groups["spamd"].adopt(process_group(self.spamd.process))
+        self.groups["clamd"].adopt(process_group(self.clamd.process))
+        self.groups["cyrus"].adopt(process_group(self.cyrus.process))
 
     def _postfix(self, name: str, milters: str | None, **main: str) -> BenchPostfix:
         extra = main.pop("master_extra", "")
@@ -142,7 +143,7 @@ class Stack:
         self._stops.append(untuned.stop)
         self.spamds["spamd-untuned"] = untuned
         self.groups["spamd-untuned"] = ProcessGroup("spamd-untuned")
-        self.groups["spamd-untuned"].adopt(_pgid(untuned.process))
+        self.groups["spamd-untuned"].adopt(process_group(untuned.process))
         return Target("limit-untuned", None, spamd="spamd-untuned")
 
     def _make_baseline(self) -> Target:
@@ -151,7 +152,7 @@ class Stack:
     def _mailglue(self, name: str, mode: str) -> Target:
         milter = self._mailglue_milter(name, mode)
         group = ProcessGroup(name)
-        group.adopt(_pgid(milter.process))
+        group.adopt(process_group(milter.process))
         pf = self._postfix(name, f"inet:{LOOPBACK}:{milter.port}")
         return Target(name, pf, [group], events=milter.events_path)
 
@@ -169,8 +170,8 @@ class Stack:
         clamav.start()
         self._stops.append(clamav.stop)
         groups = [ProcessGroup("spamass-milter"), ProcessGroup("clamav-milter")]
-        groups[0].adopt(_pgid(spamass.process))
-        groups[1].adopt(_pgid(clamav.process))
+        groups[0].adopt(process_group(spamass.process))
+        groups[1].adopt(process_group(clamav.process))
         pf = self._postfix("milter-peers", f"{spamass.socket}, {clamav.socket}")
         return Target("milter-peers", pf, groups)
 
@@ -180,7 +181,7 @@ class Stack:
         amavis.start()
         self._stops.append(amavis.stop)
         group = ProcessGroup("amavisd")
-        group.adopt(_pgid(amavis.process))
+        group.adopt(process_group(amavis.process))
         pf = self._postfix(
             "amavis",
             None,
