@@ -60,17 +60,27 @@ def open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", errors="replace")
 
 
-def read_events(sources: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Events of every source; `-` is stdin, a live log file brings its rotated siblings."""
+def read_lines(sources: Iterable[str]) -> Iterator[str]:
+    """Lines of every source, oldest first; `-` is stdin, a live log brings its rotated siblings.
+
+    Naming a rotated file (`.1`, `.gz`) reads just that file. Any log format: the JSON
+    events and Postfix's own log are both read through here. A file that cannot be opened
+    raises OSError, so the caller can say which.
+    """
     for source in sources:
         if source == "-":
-            yield from parse_events(sys.stdin)
+            yield from sys.stdin
             continue
         path = Path(source)
         family = [path] if _ROTATED_TAIL.search(path.name) or path.suffix == ".gz" else None
         for member in family or rotated_family(path):
             with open_text(member) as stream:
-                yield from parse_events(stream)
+                yield from stream
+
+
+def read_events(sources: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Events of every source; `-` is stdin, a live log file brings its rotated siblings."""
+    return parse_events(read_lines(sources))
 
 
 def configured_logs(configs: Iterable[str] = DEFAULT_CONFIGS) -> list[str]:
