@@ -38,7 +38,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _trace(args: argparse.Namespace) -> int:
     from milters.ops.trace import command
 
-    return command(args.query, args.files, args.since, args.until, args.json)
+    return command(args.query, args.files, args.since, args.until, args.json, args.maillog)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--since", help="ISO time or 30m/2h/1d ago (UTC)")
     trace.add_argument("--until", help="ISO time or 30m/2h/1d ago (UTC)")
     trace.add_argument("--json", action="store_true", help="one JSON object per trace")
+    trace.add_argument(
+        "--maillog",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Postfix's log, for a list post's member deliveries (repeatable; "
+        "default: the first of /var/log/postfix.log, /var/log/mail.log)",
+    )
     trace.set_defaults(handler=_trace)
 
     tail = sub.add_parser("tail", help="follow the milter log, one line per transaction")

@@ -14,14 +14,17 @@ import gzip
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from milters.common.configkit import ConfigError, load_yaml
+from milters.ops.maillog import QueueRecord, collect
 
 DEFAULT_CONFIGS = ("/etc/mailglue/milter.yaml", "/etc/mailglue/policy.yaml")
+# Postfix's log: its own maillog_file (supervisor mode), else syslog's (systemd mode)
+DEFAULT_MAILLOGS = ("/var/log/postfix.log", "/var/log/mail.log")
 _ROTATED = re.compile(r"^\.(\d+)(\.gz)?$")
 _ROTATED_TAIL = re.compile(r"\.\d+(\.gz)?$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -60,17 +63,51 @@ def open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", errors="replace")
 
 
-def read_events(sources: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Events of every source; `-` is stdin, a live log file brings its rotated siblings."""
+def read_lines(sources: Iterable[str]) -> Iterator[str]:
+    """Lines of every source, oldest first; `-` is stdin, a live log brings its rotated siblings.
+
+    Naming a rotated file (`.1`, `.gz`) reads just that file. Any log format: the JSON
+    events and Postfix's own log are both read through here. A file that cannot be opened
+    raises OSError, so the caller can say which.
+    """
     for source in sources:
         if source == "-":
-            yield from parse_events(sys.stdin)
+            yield from sys.stdin
             continue
         path = Path(source)
         family = [path] if _ROTATED_TAIL.search(path.name) or path.suffix == ".gz" else None
         for member in family or rotated_family(path):
             with open_text(member) as stream:
-                yield from parse_events(stream)
+                yield from stream
+
+
+def read_events(sources: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Events of every source; `-` is stdin, a live log file brings its rotated siblings."""
+    return parse_events(read_lines(sources))
+
+
+def read_maillog(
+    paths: Sequence[str], wanted: Callable[[QueueRecord], bool]
+) -> tuple[list[QueueRecord] | None, list[str]]:
+    """The wanted records of Postfix's log (None if no file could be read) and the problems.
+
+    No path named: the first of DEFAULT_MAILLOGS that exists. Each problem names its file, so
+    an admin knows which log was missing or unreadable.
+    """
+    sources = list(paths) or [p for p in DEFAULT_MAILLOGS if Path(p).exists()][:1]
+    problems = [] if sources else [f"{p}: not found" for p in DEFAULT_MAILLOGS]
+    records: list[QueueRecord] | None = None
+    for source in sources:
+        if source != "-" and not rotated_family(Path(source)):
+            problems.append(f"{source}: not found")
+            continue
+        try:
+            found = collect(read_lines([source]), wanted)
+        except OSError as exc:
+            problems.append(f"{source}: {exc.strerror or exc}")
+            continue
+        records = (records or []) + found
+    return records, problems
 
 
 def configured_logs(configs: Iterable[str] = DEFAULT_CONFIGS) -> list[str]:

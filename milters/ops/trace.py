@@ -2,7 +2,8 @@
 
 The milter logs one `transaction` event per message, the policy service one
 `policy_decision` per RCPT; an admin asking "why did this mail bounce?" needs both, joined.
-This module is the pure core: events in, traces out, and a text rendering. No files here.
+This module is the pure core: events in, traces out, and a text rendering; `command` at the
+end has logread read the files.
 
 Joining a policy decision to its transaction:
 1. by queue id: Postfix passes `queue_id` to the policy service once the queue file exists
@@ -12,6 +13,13 @@ Joining a policy decision to its transaction:
 3. otherwise by sender + recipient, the decision up to `RCPT_WINDOW` before the transaction.
 Decisions that join no transaction (every recipient refused at RCPT, so no DATA) form traces of
 their own: they answer "why did mail to the new user bounce?".
+
+A list post (a recipient with `"list": true` that Mailman took) goes on as new messages the
+milter never sees: Mailman sends the members' copies back to Postfix through the lists smtpd
+(master.cf: `-o syslog_name=postfix/lists`), with the post's Message-ID. Postfix's own log
+(maillog.py) has their deliveries; they join the post by Message-ID (the post's own queue id,
+discarded after Mailman took it, is not one of them). A sender who sends the same message
+again (same Message-ID) makes two posts: each copy goes with the latest post before it.
 """
 
 from __future__ import annotations
@@ -23,11 +31,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from milters.ops.logread import event_time, in_window, log_sources, parse_time, read_events
+from lmtp_bridge.fold import RecipientOutcome
+from milters.ops.logread import (
+    event_time,
+    in_window,
+    log_sources,
+    parse_events,
+    parse_time,
+    read_lines,
+    read_maillog,
+)
+from milters.ops.maillog import Delivery, QueueRecord, is_queue_id, stamp_time
 from milters.scan.event import TransactionEvent
 
 POLICY_EVENTS = ("policy_decision", "policy")
 RCPT_WINDOW = timedelta(minutes=15)
+LISTS_SMTPD = "postfix/lists/smtpd"  # where Mailman's copies come in (master.cf syslog_name)
+COPY_SLACK = timedelta(seconds=2)  # maillog_file stamps have whole seconds
 
 Event = dict[str, Any]
 
@@ -38,6 +58,8 @@ class Trace:
 
     transaction: Event | None
     policy: list[Event] = field(default_factory=list)
+    members: list[QueueRecord] | None = None  # a list post's copies from Mailman, once looked up
+    members_note: str = ""  # why the copies are unknown (no Postfix log readable)
 
     @property
     def when(self) -> str:
@@ -46,7 +68,11 @@ class Trace:
         return str(self.policy[0].get("ts", "")) if self.policy else ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"transaction": self.transaction, "policy": self.policy}
+        out: dict[str, Any] = {"transaction": self.transaction, "policy": self.policy}
+        if self.members is not None or self.members_note:
+            out["members"] = None if self.members is None else [m.as_dict() for m in self.members]
+            out["members_note"] = self.members_note or None
+        return out
 
 
 def _lower(value: object) -> str:
@@ -138,6 +164,58 @@ def find(events: Iterable[Event], query: str) -> list[Trace]:
     return [t for t in assemble(events) if matches(t, query)]
 
 
+# --- a list post's member deliveries (Postfix's log) ------------------------------------------
+
+
+def is_list_post(transaction: Mapping[str, Any]) -> bool:
+    """Mailman took the message for a list: its copies to the members follow in Postfix's log."""
+    return any(
+        r.mailing_list and r.outcome == RecipientOutcome.DELIVERED
+        for r in TransactionEvent.from_json(transaction).recipients
+    )
+
+
+def _post_id(trace: Trace) -> str:
+    """The normalized Message-ID of a list post's trace, or "" (not a post, or no id)."""
+    tx = trace.transaction
+    return _lower(tx.get("message_id")) if tx is not None and is_list_post(tx) else ""
+
+
+def is_mailman_copy(record: QueueRecord) -> bool:
+    return record.received_by == LISTS_SMTPD
+
+
+def attach_members(posts: Sequence[Trace], records: Iterable[QueueRecord], now: datetime) -> None:
+    """Give each list post in `posts` the copies Mailman sent of it.
+
+    `posts` should hold every post with the Message-IDs concerned (not only the ones asked
+    for), so that a copy of a second send does not land on the first. `now` (local, aware)
+    dates Postfix's zone-less stamps.
+    """
+    by_id: dict[str, list[Trace]] = {}
+    for trace in posts:
+        if mid := _post_id(trace):
+            trace.members = []
+            by_id.setdefault(mid, []).append(trace)
+    own = {str(t.transaction.get("queue_id")) for t in posts if t.transaction is not None}
+    for record in records:
+        group = by_id.get(_lower(record.message_id))
+        if group and is_mailman_copy(record) and record.queue_id not in own:
+            owner = _owner(group, record, now)
+            assert owner.members is not None  # set above for every trace of a group
+            owner.members.append(record)
+
+
+def _owner(group: Sequence[Trace], record: QueueRecord, now: datetime) -> Trace:
+    """The latest post before the copy arrived (the first post if times do not tell)."""
+    if len(group) == 1:
+        return group[0]
+    arrived = stamp_time(record.first_seen, now)
+    dated = [(event_time(t.transaction or {}), t) for t in group]
+    before = [(when, t) for when, t in dated if when and arrived and when <= arrived + COPY_SLACK]
+    return max(before, key=lambda item: item[0])[1] if before else group[0]
+
+
 # --- rendering ---------------------------------------------------------------------------------
 
 
@@ -227,13 +305,61 @@ def render(trace: Trace) -> str:
     order = ["clamd", "spamd", "scan", "lmtp", "total"]
     spent = [f"{k} {timings[k]} ms" for k in order if k in timings]
     lines.append(f"  timings   {', '.join(spent) or '-'}")
+    lines += _member_lines(trace)
     return "\n".join(lines)
 
 
+def _member_lines(trace: Trace) -> list[str]:
+    """Each copy Mailman sent back, then one line per delivery attempt, by recipient."""
+    if trace.members_note:
+        return [f"  members   {trace.members_note}"]
+    if trace.members is None:
+        return []
+    if not trace.members:
+        return [
+            "  members   no copy from Mailman in Postfix's log (yet): held for moderation, "
+            "still in Mailman's queues, or logged elsewhere (--maillog)"
+        ]
+    lines = []
+    for copy in trace.members:
+        count = f"{copy.nrcpt} recipients" if copy.nrcpt is not None else "recipients unknown"
+        queued = "" if copy.removed else ", still queued"
+        lines.append(
+            f"  members   {copy.queue_id} from Mailman "
+            f"(<{copy.sender or ''}>, {count}{queued}) {copy.first_seen}"
+        )
+        attempts = sorted(copy.deliveries, key=lambda d: d.recipient.lower())
+        lines += [_delivery_line(copy.queue_id, d) for d in attempts]
+        lines += [f"  member    {copy.queue_id} {note}" for note in copy.notes]
+    return lines
+
+
+def _delivery_line(queue_id: str, d: Delivery) -> str:
+    status = d.status if d.status == "sent" else d.status.upper()
+    to = f"{d.recipient} (for {d.orig_to})" if d.orig_to else d.recipient
+    return (
+        f"  member    {queue_id} {_clock(d.stamp)} {to}: {status} via {d.agent} "
+        f"{d.relay} ({d.reply})"
+    )
+
+
+def _clock(stamp: str) -> str:
+    """The time of day in Postfix's stamp, as logged (RFC 3339 or `Dec 01 08:19:49`)."""
+    return stamp[11:19] if stamp[:1].isdigit() else stamp.split()[-1]
+
+
 def command(
-    query: str, files: Sequence[str], since: str | None, until: str | None, as_json: bool
+    query: str,
+    files: Sequence[str],
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    maillogs: Sequence[str] = (),
 ) -> int:
-    """`mailglue trace`: print every transaction (and RCPT decision) matching `query`."""
+    """`mailglue trace`: print every transaction (and RCPT decision) matching `query`.
+
+    A list post also gets its members' deliveries from Postfix's log (`maillogs`).
+    """
     now = datetime.now(UTC)
     try:
         start = parse_time(since, now) if since else None
@@ -241,11 +367,12 @@ def command(
     except ValueError as exc:
         print(f"mailglue trace: {exc}", file=sys.stderr)
         return 2
-    traces = [
-        trace
-        for trace in find(read_events(log_sources(files)), query)
-        if in_window({"ts": trace.when}, start, end)
-    ]
+    everything = assemble(parse_events(read_lines(log_sources(files))))
+    found = [t for t in everything if matches(t, query)]
+    if not found and is_queue_id(query):
+        found = _by_copy_queue_id(everything, query, maillogs)
+    traces = [trace for trace in found if in_window({"ts": trace.when}, start, end)]
+    _add_members(everything, traces, maillogs)
     for trace in traces:
         if as_json:
             print(json.dumps(trace.as_dict(), ensure_ascii=False))
@@ -255,3 +382,31 @@ def command(
         print(f"mailglue trace: nothing found for {query!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_members(
+    everything: Sequence[Trace], traces: Sequence[Trace], maillogs: Sequence[str]
+) -> None:
+    """Look the list posts among `traces` up in Postfix's log (read only if there is one)."""
+    ids = {mid for t in traces if (mid := _post_id(t))}
+    if not ids:
+        return
+    records, problems = read_maillog(maillogs, lambda r: _lower(r.message_id) in ids)
+    posts = [t for t in everything if _post_id(t) in ids]
+    if records is None:
+        note = f"member deliveries unknown: no Postfix log was readable ({'; '.join(problems)})"
+        for trace in posts:
+            trace.members_note = note
+        return
+    for problem in problems:
+        print(f"mailglue trace: cannot read {problem}", file=sys.stderr)
+    attach_members(posts, records, datetime.now().astimezone())
+
+
+def _by_copy_queue_id(
+    everything: Sequence[Trace], queue_id: str, maillogs: Sequence[str]
+) -> list[Trace]:
+    """The list post a member's copy (queue id from Postfix's log) was made from."""
+    records, _ = read_maillog(maillogs, lambda r: r.queue_id == queue_id)
+    ids = {_lower(r.message_id) for r in records or [] if is_mailman_copy(r) and r.message_id}
+    return [t for t in everything if _post_id(t) in ids]

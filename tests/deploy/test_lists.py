@@ -107,6 +107,49 @@ def test_a_members_post_reaches_every_member_once_and_the_archive(
         time.sleep(2)
 
 
+def test_the_admins_trace_of_a_post_shows_each_members_delivery(deployed: dict[str, Any]) -> None:
+    """`mailglue trace <Message-ID>`, typed as root as the README says, follows the post past
+    Mailman: each member's copy by queue id, from Postfix's own log, with its delivery."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    tx = submit(alice, [STAFF], f"trace me {mark}", "Where did this go?\n")
+    assert tx.data is not None and tx.data.code == 250, tx
+    assert wait_for_copies(bob, mark) == 1 and wait_for_copies(alice, mark) == 1
+    (event,) = transactions(mark)
+    deadline = time.monotonic() + 60
+    while True:  # Postfix logs `sent` just after Cyrus answered, the IMAP search may be faster
+        shown = root_shell(f"mailglue trace '{event['message_id']}'")
+        assert shown.returncode == 0, shown.stderr
+        sent = {
+            m["to"]: m["qid"]
+            for m in re.finditer(
+                r"(?m)^  member    (?P<qid>\w+) [\d:]+ (?P<to>\S+): sent via lmtp ", shown.stdout
+            )
+        }
+        if {alice["mail"], bob["mail"]} <= set(sent) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {alice["mail"], bob["mail"]} <= set(sent), shown.stdout
+    headers = re.findall(r"(?m)^  members   (\w+) from Mailman \(<staff-bounces@", shown.stdout)
+    for who in (alice, bob):
+        qid = sent[who["mail"]]
+        assert qid in headers and qid != event["queue_id"], shown.stdout
+        # the same queue id delivered that member's copy in Postfix's own words
+        delivered = rf"postfix/lmtp\[\d+\]: {qid}: to=<{re.escape(who['mail'])}>, .*status=sent"
+        assert re.search(delivered, Path("/var/log/postfix.log").read_text(errors="replace"))
+
+
+def root_shell(command: str) -> subprocess.CompletedProcess[str]:
+    """`command` as an admin types it: a root login shell, nothing of the test's environment."""
+    return subprocess.run(
+        ["env", "-i", "bash", "-lc", command],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def test_a_post_to_a_list_in_a_list_reaches_a_member_of_both_once(
     deployed: dict[str, Any],
 ) -> None:

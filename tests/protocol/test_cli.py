@@ -1,4 +1,4 @@
-"""`mailglue check-config`: what an admin sees for a good and a broken file."""
+"""`mailglue check-config` and `mailglue trace`: what an admin sees for good and broken files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.unit.test_maillog import POST
+from tests.unit.test_trace_members import post
 
 MAILGLUE = str(Path(sys.executable).with_name("mailglue"))
 EXAMPLES = Path(__file__).parents[2] / "postfix-conf"
@@ -65,3 +68,32 @@ def test_python_dash_m_runs_the_same_commands() -> None:
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_trace_of_a_list_post_reads_postfixs_log_for_the_members(tmp_path: Path) -> None:
+    events, maillog = tmp_path / "milter.log", tmp_path / "postfix.log"
+    events.write_text(json.dumps(post()) + "\n")
+    maillog.write_text(POST)
+    result = run("trace", "<p1@journey.test>", str(events), "--maillog", str(maillog))
+    assert result.returncode == 0, result.stderr
+    assert "  member    8827D16270E 08:19:50 alice@example.org: sent via lmtp " in result.stdout
+    assert "  member    8827D16270E 08:19:50 friend@example.net: DEFERRED " in result.stdout
+    # a member's copy's queue id (from the member's headers or Postfix's log) finds the post
+    by_copy = run("trace", "8827D16270E", str(events), "--maillog", str(maillog), "--json")
+    assert by_copy.returncode == 0, by_copy.stderr
+    (line,) = by_copy.stdout.splitlines()
+    shown = json.loads(line)
+    assert shown["transaction"]["queue_id"] == "1A4DD1626C4"
+    assert [c["queue_id"] for c in shown["members"]] == ["6B2B81626E5", "8827D16270E"]
+
+
+def test_trace_without_a_readable_postfix_log_still_prints_and_names_it(tmp_path: Path) -> None:
+    events = tmp_path / "milter.log"
+    events.write_text(json.dumps(post()) + "\n")
+    missing = tmp_path / "postfix.log"
+    result = run("trace", "1A4DD1626C4", str(events), "--maillog", str(missing))
+    assert result.returncode == 0, result.stderr
+    assert "  reply     250 2.0.0 Ok: queued as 1A4DD1626C4" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        f"  members   member deliveries unknown: no Postfix log was readable ({missing}: not found)"
+    )
