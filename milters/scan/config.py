@@ -6,11 +6,14 @@ reference. Problems are collected and reported together, each naming the file an
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from milters.auth.check import nameserver
+from milters.auth.results import DMARC_ACTIONS
 from milters.common.addresses import normal_domain
 from milters.common.configkit import ConfigReader, load_yaml, log_file, metrics_address
 from milters.common.ldapconfig import LdapConfig, read_ldap
@@ -75,6 +78,29 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """SPF, DKIM and DMARC checks of incoming mail (milters/auth)."""
+
+    enabled: bool = True
+    authserv_id: str = ""  # "": milter.hostname
+    dmarc_reject: str = "reject"  # for p=reject failures: reject | quarantine | ignore
+    dmarc_quarantine: str = "quarantine"  # for p=quarantine failures: quarantine | ignore
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; none: /etc/resolv.conf
+    timeout: float = 5.0  # per DNS query
+    max_size: int = 10 * 1024 * 1024  # larger messages: DKIM is not verified
+    # Clients not checked: our own hosts re-sending mail (Sieve redirects, list copies).
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+    def trusts(self, client_addr: str) -> bool:
+        """An address in trusted_networks, or none at all (mail submitted on this host)."""
+        try:
+            addr = ipaddress.ip_address(client_addr.removeprefix("IPv6:"))
+        except ValueError:
+            return True  # Postfix passes no address for local submissions
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.trusted_networks)
+
+
+@dataclass(frozen=True)
 class MilterConfig:
     listen: str = "inet:127.0.0.1:8891"
     hostname: str = field(default_factory=socket.getfqdn)
@@ -85,6 +111,7 @@ class MilterConfig:
     spam: SpamConfig = field(default_factory=SpamConfig)
     virus: VirusConfig = field(default_factory=VirusConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_file: str | None = None
     shadow: bool = False
     metrics_listen: InetAddress | None = None
@@ -178,6 +205,34 @@ def _delivery(reader: ConfigReader) -> DeliveryConfig:
     return delivery
 
 
+def _auth(reader: ConfigReader) -> AuthConfig:
+    d = AuthConfig()
+    auth = AuthConfig(
+        enabled=reader.boolean("enabled", d.enabled),
+        authserv_id=reader.optional_text("authserv_id") or "",
+        dmarc_reject=reader.choice("dmarc_reject", d.dmarc_reject, DMARC_ACTIONS),
+        dmarc_quarantine=reader.choice(
+            "dmarc_quarantine", d.dmarc_quarantine, ("quarantine", "ignore")
+        ),
+        nameservers=reader.text_list("nameservers", d.nameservers),
+        timeout=reader.seconds("timeout", d.timeout, minimum=0.1, maximum=60),
+        max_size=reader.integer("max_size", d.max_size, minimum=1024),
+        trusted_networks=reader.text_list("trusted_networks", d.trusted_networks),
+    )
+    for server in auth.nameservers:
+        try:
+            nameserver(server)
+        except ValueError:
+            reader.problem("nameservers", f"{server!r} is not an IP address with optional :port")
+    for network in auth.trusted_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            reader.problem("trusted_networks", f"{network!r} is not a network (e.g. 10.0.0.0/8)")
+    reader.finish()
+    return auth
+
+
 def parse_config(source: str, data: object) -> MilterConfig:
     top = ConfigReader(source, data)
     d = MilterConfig(hostname="")
@@ -211,6 +266,7 @@ def parse_config(source: str, data: object) -> MilterConfig:
         spam=_spam(top.section("spam")),
         virus=_virus(top.section("virus")),
         delivery=_delivery(top.section("delivery")),
+        auth=_auth(top.section("auth")),
         log_file=log_path,
         shadow=shadow,
         metrics_listen=metrics_listen,

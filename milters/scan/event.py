@@ -162,6 +162,7 @@ class TransactionEvent:
     recipients: list[Recipient] = field(default_factory=list)
     spam: SpamFields | None = None
     virus: VirusFields | None = None
+    auth: dict[str, Any] | None = None  # SPF, DKIM, DMARC results and the action taken
     timings_ms: dict[str, float] = field(default_factory=dict)
     size: int | None = None
     would: Shadow | None = None
@@ -207,6 +208,8 @@ class TransactionEvent:
             out["spam"] = self.spam.to_json()
         if self.virus is not None:
             out["virus"] = self.virus.to_json()
+        if self.auth is not None:
+            out["auth"] = self.auth
         out["timings_ms"] = self.timings_ms
         if self.size is not None:
             out["size"] = self.size
@@ -246,6 +249,7 @@ class TransactionEvent:
             ],
             spam=_spam_from_json(data.get("spam")),
             virus=_virus_from_json(data.get("virus")),
+            auth=data.get("auth") if isinstance(data.get("auth"), dict) else None,
             timings_ms=dict(data.get("timings_ms") or {}),
             size=data.get("size"),
             would=would,

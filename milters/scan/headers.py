@@ -1,7 +1,9 @@
 """Header logic of the scan milter, pure: which headers we own, and the Received line we scan.
 
-We own every `X-Spam-*`, `X-Virus-*` and `X-Mailglue-*` header: incoming copies are removed
-so a sender cannot forge `X-Spam-Flag: NO` (or YES) past us, or past the user's Sieve rules.
+We own every `X-Spam-*`, `X-Virus-*` and `X-Mailglue-*` header, and every
+`Authentication-Results` that names our host as its authserv-id: incoming copies are removed
+so a sender cannot forge `X-Spam-Flag: NO` (or YES), or `dmarc=pass` in our name, past us or
+past the user's Sieve rules and mail client.
 """
 
 from __future__ import annotations
@@ -12,14 +14,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
+from milters.auth.results import authserv_id_of
+
 OWNED_PREFIXES = ("x-spam-", "x-virus-", "x-mailglue-")
 
 
-def is_owned(name: str) -> bool:
-    return name.strip().lower().startswith(OWNED_PREFIXES)
+def is_owned(name: str, value: str = "", authserv_id: str = "") -> bool:
+    key = name.strip().lower()
+    if key.startswith(OWNED_PREFIXES):
+        return True
+    return (
+        bool(authserv_id)
+        and key == "authentication-results"
+        and authserv_id_of(value) == authserv_id.lower()
+    )
 
 
-def owned_deletions(headers: Sequence[tuple[str, str]]) -> list[tuple[str, int]]:
+def owned_deletions(
+    headers: Sequence[tuple[str, str]], authserv_id: str = ""
+) -> list[tuple[str, int]]:
     """(name, index) pairs for milter `chgheader(name, index, None)`, last occurrence first.
 
     The milter index counts occurrences of one name (case-insensitively) from 1; deleting
@@ -27,10 +40,10 @@ def owned_deletions(headers: Sequence[tuple[str, str]]) -> list[tuple[str, int]]
     """
     seen: dict[str, int] = {}
     deletions: list[tuple[str, int]] = []
-    for name, _ in headers:
+    for name, value in headers:
         key = name.lower()
         seen[key] = seen.get(key, 0) + 1
-        if is_owned(name):
+        if is_owned(name, value, authserv_id):
             deletions.append((name, seen[key]))
     return sorted(deletions, key=lambda item: -item[1])
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from milters.auth.check import use_nameservers
 from milters.common.configkit import ConfigError
 from milters.common.jsonlog import EventLog
 from milters.common.lifecycle import InFlight
@@ -78,6 +79,7 @@ class MilterService:
     def __post_init__(self) -> None:
         if self.memo is None:
             self.memo = new_memo(self.config)
+        use_nameservers(self.config.auth.nameservers, self.config.auth.timeout)
 
     @property
     def policy(self) -> VerdictPolicy:
@@ -136,6 +138,7 @@ class MilterService:
         with self._swap:
             self.config, self.scanner, self.deliverer = config, scanner, deliverer
             self.memo = memo
+            use_nameservers(config.auth.nameservers, config.auth.timeout)
         later = threading.Timer(old.config.time_budget + 5, release, (old,))
         later.daemon = True
         later.start()

@@ -20,10 +20,12 @@ import Milter
 
 from lmtp_bridge import FoldAction, FoldDecision, Mode, fold
 from lmtp_bridge.replies import Reply
+from milters.auth.check import authenticate
+from milters.auth.results import AuthAction, AuthDecision, AuthResults, decide, header_value
 from milters.common.addresses import bare
 from milters.common.jsonlog import elapsed_ms
 from milters.scan.delivery import Deliverer
-from milters.scan.event import INTERNAL_ERROR, Client, Recipient, TransactionEvent
+from milters.scan.event import INTERNAL_ERROR, Client, Recipient, Shadow, TransactionEvent
 from milters.scan.headers import (
     ClientInfo,
     content_message_id,
@@ -87,6 +89,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         self.sender = ""
         self.recipients: list[str] = []
         self.headers: list[tuple[str, str]] = []
+        self.auth_headers: list[tuple[str, str]] = []  # Authentication-Results, ours
+        self.auth_decision = AuthDecision(AuthAction.ACCEPT)
+        self.auth_softened: Shadow | None = None  # shadow mode: the DMARC reject not done
         self.started = time.monotonic()  # reset at end-of-message: the budget starts there
 
     def _close_spool(self) -> None:
@@ -191,10 +196,23 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             if self.spool_error:
                 fields.failed("spool write failed", self.spool_error)
                 return self._reply(ERROR_REPLY, Milter.TEMPFAIL, fields)
+            auth_started = time.monotonic()
+            auth = self._authenticate(client, fields)
+            auth_ms = elapsed_ms(auth_started)
+            if self.auth_decision.action is AuthAction.REJECT:
+                assert self.auth_decision.reply is not None
+                fields.size = self._size()
+                fields.timings_ms["auth"] = auth_ms
+                refused = Verdict(Action.REJECT, self.auth_decision.reply, (), "dmarc")
+                return self._apply(refused, queue_id, fields)
             verdict, report = self._scan(queue_id, client)
             fields.record_scan(report)
+            if auth is not None:
+                fields.timings_ms["auth"] = auth_ms
             fields.size = self._size()
             fields.record_shadow(verdict)
+            if fields.would is None and self.auth_softened is not None:
+                fields.would = self.auth_softened
             return self._apply(verdict.applied, queue_id, fields)
         except Exception as exc:
             fields.failed(
@@ -205,6 +223,41 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             return self._reply(ERROR_REPLY, Milter.TEMPFAIL, fields)
         finally:
             self._new_transaction()
+
+    def _authenticate(self, client: ClientInfo, fields: TransactionEvent) -> AuthResults | None:
+        """SPF, DKIM and DMARC of a message from outside; sets our header and the DMARC action.
+
+        Not for our own users (AUTH) or trusted hosts re-sending mail (Sieve, list copies):
+        their mail is not theirs to authenticate, and a forwarded p=reject message would
+        otherwise be refused on its way to the member's other address.
+        """
+        settings = self.rt.config.auth
+        if not settings.enabled or client.auth_user or settings.trusts(client.addr):
+            return None
+        assert self.spool is not None
+        spool = self.spool
+        message = None
+        if spool.size <= settings.max_size:
+            with spool.reader() as body:
+                message = render(self.headers) + b"\r\n" + body.read()
+        from_values = [v for n, v in self.headers if n.strip().lower() == "from"]
+        results = self._wait(
+            lambda: authenticate(
+                message, client.addr, client.helo, self.sender, from_values, settings.timeout
+            )
+        )
+        authserv_id = settings.authserv_id or self.rt.config.hostname
+        self.auth_headers = [
+            ("Authentication-Results", header_value(authserv_id, results, self.sender))
+        ]
+        decision = decide(results, settings.dmarc_reject, settings.dmarc_quarantine)
+        if decision.action is AuthAction.REJECT and self.rt.config.shadow:
+            assert decision.reply is not None
+            self.auth_softened = Shadow("reject", "dmarc", str(decision.reply))
+            decision = decide(results, "quarantine", "quarantine")
+        self.auth_decision = decision
+        fields.auth = {**results.to_json(), "action": decision.action.value}
+        return results
 
     def _size(self) -> int:
         assert self.spool is not None
@@ -221,9 +274,10 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             [bare(r) for r in self.recipients],
             datetime.now(UTC),
         )
-        self.kept = [(n, v) for n, v in self.headers if not is_owned(n)]
+        self.kept = [(n, v) for n, v in self.headers if not is_owned(n, v, self._authserv_id())]
         self.rendered = render([self.received, *self.kept])  # delivery appends ours to it
-        prefix = self.rendered + b"\r\n"
+        # spamd reads our Authentication-Results too (SpamAssassin's AuthRes plugin)
+        prefix = render([self.received, *self.auth_headers, *self.kept]) + b"\r\n"
         key = None
         if self.rt.memo.ttl > 0 and len(prefix) + self.spool.size <= config.spam.max_size:
             key = scan_key(client, self.sender, self.kept, self.spool.body_digest())
@@ -236,6 +290,9 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             applied = for_our_user(verdict.applied, report.virus, report.spam, self.rt.policy)
             verdict = replace(verdict, applied=applied)
         return verdict, report
+
+    def _authserv_id(self) -> str:
+        return self.rt.config.auth.authserv_id or self.rt.config.hostname
 
     def _missing_message_id(self) -> list[tuple[str, str]]:
         """A content-derived Message-ID if the message has none, so retries dedupe in Cyrus."""
@@ -254,13 +311,26 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             status = Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
             fields.action = verdict.action.value
             return self._reply(verdict.reply, status, fields)
+        quarantined = self.auth_decision.action is AuthAction.QUARANTINE
+        flagged = any(n.lower() == "x-spam-flag" for n, _ in verdict.headers)
         ours = [
+            *self.auth_headers,
             *verdict.headers,
-            *no_autoreply(verdict.reason == "tagged", fields.direction == "inbound", self.kept),
+            *(
+                (n, v)
+                for n, v in self.auth_decision.headers
+                if not (flagged and n.lower() == "x-spam-flag")
+            ),
+            *no_autoreply(
+                verdict.reason == "tagged" or quarantined, fields.direction == "inbound", self.kept
+            ),
         ]
         added = [*ours, *self._missing_message_id()]
         if added[len(ours) :]:
             fields.message_id = added[-1][1]
+        # the same for both paths: Postfix edits its copy, or Cyrus stores ours
+        fields.headers_removed = [n for n, _ in owned_deletions(self.headers, self._authserv_id())]
+        fields.headers_added = dict(added)
         deliverer = self.rt.deliverer
         local = [r for r in self.recipients if deliverer and deliverer.is_local(bare(r))]
         if deliverer is None or not local:
@@ -275,7 +345,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         delete: tuple[str, ...] = (),
     ) -> int:
         """Let Postfix queue the message: our headers in, forged ones out."""
-        deletions = owned_deletions(self.headers)
+        deletions = owned_deletions(self.headers, self._authserv_id())
         for name, index in deletions:
             self.chgheader(name, index, None)
         for name, value in added:
@@ -283,8 +353,6 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         originals = {bare(r): r for r in self.recipients}
         for recipient in delete:
             self.delrcpt(originals.get(recipient, f"<{recipient}>"))
-        fields.headers_removed = [name for name, _ in deletions]
-        fields.headers_added = dict(added)
         fields.action, fields.reply = "accept", postfix_250(queue_id)
         self._log(fields)
         return Milter.ACCEPT  # type: ignore[no-any-return]

@@ -102,11 +102,17 @@ class StubScanner:
         return report
 
 
+# The client (192.0.2.7) is not trusted; SPF/DKIM/DMARC are tested against a real name
+# server in tests/integration/test_sender_auth.py, and these tests ask no DNS.
+NO_DNS = {"enabled": False}
+
+
 def run(
     make_report: Callable[[], ScanReport], login: str | None = None, **config: Any
 ) -> tuple[RecordingCtx, int, list[dict[str, Any]], StubScanner]:
     out = io.StringIO()
     scanner = StubScanner(make_report)
+    config = {"auth": NO_DNS, **config}
     service = MilterService(parse_config("test.yaml", config), scanner, EventLog(stream=out))  # type: ignore[arg-type]
     ctx, result = feed(service, login)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -233,7 +239,7 @@ def test_a_bug_in_the_filter_tempfails_and_is_logged() -> None:
 def memo_service(**spam: Any) -> tuple[MilterService, StubScanner, io.StringIO]:
     out = io.StringIO()
     scanner = StubScanner(lambda: clean_report("4.0"))
-    config = parse_config("test.yaml", {"spam": spam} if spam else {})
+    config = parse_config("test.yaml", {"auth": NO_DNS, **({"spam": spam} if spam else {})})
     return MilterService(config, scanner, EventLog(stream=out)), scanner, out  # type: ignore[arg-type]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOMS = ("common", "scanners", "scan", "policy", "ops", "learn", "quota", "dns", "lists")
+ROOMS = ("common", "auth", "scanners", "scan", "policy", "ops", "learn", "quota", "dns", "lists")
 TOP_LEVEL = {"milters", "milters.cli"}  # the package docstring and the command dispatcher
 SESSION = "milters.scan.session"
 PYMILTER = ("Milter", "milter")
@@ -80,6 +80,17 @@ def test_common_imports_no_sibling_room(module: str) -> None:
         name
         for name in _direct(module)
         if name.startswith("milters.") and _room(name) not in (None, "common")
+    }
+    assert foreign == set(), f"{module} imports another room"
+
+
+@pytest.mark.parametrize("module", _in("milters.auth"))
+def test_auth_imports_only_common(module: str) -> None:
+    """The checks are a library for the milter: they never reach into scan or policy."""
+    foreign = {
+        name
+        for name in _direct(module)
+        if name.startswith("milters.") and _room(name) not in (None, "common", "auth")
     }
     assert foreign == set(), f"{module} imports another room"
 

@@ -1,0 +1,1 @@
+"""Sender authentication of incoming mail: SPF, DKIM and DMARC, and the header that says so."""
