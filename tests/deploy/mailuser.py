@@ -100,10 +100,18 @@ def submit(
 
 
 def from_outside(
-    sender: str, recipients: list[str], subject: str, body: str = "hi\n"
+    sender: str,
+    recipients: list[str],
+    subject: str,
+    body: str = "hi\n",
+    *,
+    raw: bytes | None = None,
+    source: str | None = None,
 ) -> Transaction:
-    """What another domain's MTA does on port 25 (STARTTLS, no AUTH)."""
-    return send(MX, sender, recipients, message(sender, recipients, subject, body), starttls=True)
+    """What another domain's MTA does on port 25 (STARTTLS, no AUTH); `raw`: its own bytes."""
+    if raw is None:
+        raw = message(sender, recipients, subject, body)
+    return send(MX, sender, recipients, raw, starttls=True, source=source)
 
 
 # The single inventory's test-only SpamAssassin rule scores a body with this token 4.5:

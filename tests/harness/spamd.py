@@ -83,6 +83,36 @@ INCIDENTAL_RULES = {
 }
 
 
+def authres_rules(authserv_id: str) -> list[str]:
+    """The milter's SPF/DKIM/DMARC results, read from its Authentication-Results by
+    SpamAssassin's AuthRes plugin and scored as SpamAssassin's own rules score them with network
+    tests on; the same lines as the spamassassin role's local.cf."""
+    return [
+        "loadplugin Mail::SpamAssassin::Plugin::AuthRes",
+        f"authres_trusted_authserv {authserv_id}",
+        "authres_networks all",
+        *(
+            line
+            for name, method, result, score in AUTHRES_SCORES
+            for line in (
+                f"header {name} eval:check_authres_result('{method}','{result}')",
+                f"score {name} {score}",
+            )
+        ),
+    ]
+
+
+# (rule, method, result, score): SpamAssassin's SPF_FAIL, SPF_SOFTFAIL, DKIM_INVALID,
+# DKIM_VALID and DMARC_NONE scores (a DMARC failure of any policy that was not refused).
+AUTHRES_SCORES = (
+    ("MG_AUTH_SPF_FAIL", "spf", "fail", "0.919"),
+    ("MG_AUTH_SPF_SOFTFAIL", "spf", "softfail", "0.665"),
+    ("MG_AUTH_DKIM_INVALID", "dkim", "fail", "0.1"),
+    ("MG_AUTH_DKIM_VALID", "dkim", "pass", "-0.1"),
+    ("MG_AUTH_DMARC_FAIL", "dmarc", "fail", "0.898"),
+)
+
+
 def local_cf() -> str:
     """The whole test-only local.cf."""
     lines = [
@@ -97,6 +127,7 @@ def local_cf() -> str:
         "required_score 5.0",
         "# The milter reads per-test scores at full precision from this header.",
         "add_header all Mailglue-Tests _TESTSSCORES(,)_",
+        *authres_rules("mx.example.org"),
         "",
         "# Test rules with exact scores.",
     ]
@@ -127,6 +158,7 @@ def deployed_local_cf() -> str:
         "skip_rbl_checks 1",
         "use_razor2 0",
         "use_pyzor 0",
+        *authres_rules("mail.example.org"),
     ]
     return "\n".join(lines) + "\n"
 

@@ -146,6 +146,7 @@ def test_spf_dkim_and_dmarc_pass_is_delivered_with_three_passes(
     [value] = our_results(copy)
     assert methods(value) == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}
     assert f"header.d=good.{ZONE}" in value and f"header.from=good.{ZONE}" in value
+    assert "MG_AUTH_DKIM_VALID=-0.1" in copy["X-Spam-Status"].replace("\n", "").replace("\t", "")
     auth = checking_milter.transaction(mid)["auth"]
     assert auth["spf"] == {"result": "pass", "domain": f"good.{ZONE}", "identity": "mailfrom"}
     assert [d["result"] for d in auth["dkim"]] == ["pass"]
@@ -210,6 +211,9 @@ def test_p_none_failure_is_delivered_and_marked(
     assert methods(value) == {"spf": "fail", "dkim": "none", "dmarc": "fail"}
     assert "(p=none)" in value
     assert copy["X-Spam-Flag"] is None
+    # spamd read our header (SpamAssassin's AuthRes plugin) and scored the failures
+    status = copy["X-Spam-Status"].replace("\n", "").replace("\t", "")
+    assert "MG_AUTH_SPF_FAIL=0.919" in status and "MG_AUTH_DMARC_FAIL=0.898" in status
 
 
 def test_p_quarantine_failure_is_delivered_flagged_for_junk(

@@ -54,7 +54,7 @@ def test_the_verdict_tests_local_cf_is_the_roles_with_bayes_off() -> None:
     defaults = role_defaults()
     rendered = template.replace(
         "{{ spamassassin_required_score }}", str(defaults["spamassassin_required_score"])
-    )
+    ).replace("{{ mail_hostname }}", "mail.example.org")
     for line in spamd.deployed_local_cf().splitlines():
         if line.startswith("#") or line.startswith(("use_bayes", "bayes_auto_learn")):
             continue
