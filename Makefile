@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ANSIBLE_VENV := .venv-ansible
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
-.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists up down clean
+.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists bench-auth up down clean
 
 deps: debian-packages venv ansible-venv
 
@@ -61,6 +61,11 @@ bench: deps
 bench-lists: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(VPY) -m bench.lists
+
+# What the SPF/DKIM/DMARC checks add: milter CPU and latency, checked vs unchecked.
+bench-auth: deps
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench.auth
 
 bench-quick: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -42,13 +42,17 @@ class Result:
         return sum(1 for c in self.codes if c // 100 == 5)
 
 
-def _smtp_one(
-    address: tuple[str, int], wire: bytes, timeout: float, recipient: str = RECIPIENT
+def smtp_one(
+    address: tuple[str, int],
+    wire: bytes,
+    timeout: float,
+    recipient: str = RECIPIENT,
+    sender: str = SENDER,
 ) -> tuple[int, float]:
     """One SMTP session, one message; returns (final code, ms from DATA to final reply)."""
     with smtplib.SMTP(*address, timeout=timeout) as smtp:
         smtp.ehlo("client.relay.test")
-        code, _ = smtp.mail(SENDER)
+        code, _ = smtp.mail(sender)
         if code // 100 != 2:
             return code, 0.0
         code, _ = smtp.rcpt(recipient)
@@ -107,7 +111,7 @@ def smtp_load(
     recipient: str = RECIPIENT,
 ) -> Result:
     wires = [tpl.wire(f"<{tag}.{i}@bench.relay.test>") for i in range(count)]
-    return run_parallel(count, concurrency, lambda i: _smtp_one(address, wires[i], 300, recipient))
+    return run_parallel(count, concurrency, lambda i: smtp_one(address, wires[i], 300, recipient))
 
 
 # --- the limit: spamd + clamd driven directly ------------------------------------------------

@@ -53,6 +53,7 @@ def use_nameservers(servers: Sequence[str], timeout: float) -> None:
     """Point every DNS query of this process at `servers` (see `nameserver`).
 
     No servers: the system's resolv.conf. The timeout bounds each query's whole lifetime.
+    Called at start and at every reload (which also empties the cache).
     """
     resolver = dns.resolver.Resolver(configure=not servers)
     if servers:
@@ -62,6 +63,8 @@ def use_nameservers(servers: Sequence[str], timeout: float) -> None:
         ]
     resolver.lifetime = timeout
     resolver.timeout = timeout
+    # Answers are kept for their TTL: a sender's second message asks DNS nothing again.
+    resolver.cache = dns.resolver.LRUCache(max_size=10000)
     dns.resolver.default_resolver = resolver
 
 

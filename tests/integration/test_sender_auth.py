@@ -7,16 +7,12 @@ clients are normally trusted (not checked), so these tests turn that off.
 
 from __future__ import annotations
 
-import base64
 import email
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import Message
 
-import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.harness.cyrus import Cyrus
 from tests.harness.logs import DaemonLogs
@@ -25,47 +21,24 @@ from tests.harness.milter import ScanMilter, wait_for
 from tests.harness.nsd import Nsd
 from tests.harness.postfix import Postfix
 from tests.harness.process import free_port
+from tests.harness.senders import ZONE, SenderDomains
 from tests.harness.smtp import Transaction, send
 
-ZONE = "sender.test"
-SELECTOR = "sel"
 OUR_HOST = "mx.example.org"  # the milter's hostname in the session config: our authserv-id
 
 
 @pytest.fixture(scope="module")
-def dkim_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _txt(text: str) -> str:
-    """A TXT rdata in zone-file syntax, split into 255-byte strings."""
-    return " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
+def senders() -> SenderDomains:
+    return SenderDomains()
 
 
 @pytest.fixture(scope="module")
 def nsd(
-    tmp_path_factory: pytest.TempPathFactory, daemon_logs: DaemonLogs, dkim_key: rsa.RSAPrivateKey
+    tmp_path_factory: pytest.TempPathFactory, daemon_logs: DaemonLogs, senders: SenderDomains
 ) -> Iterator[Nsd]:
-    public = dkim_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    key = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    others = "v=spf1 ip4:192.0.2.1 -all"  # never loopback: SPF fails for our test client
-    records = {
-        # good: everything passes from loopback; a reject policy it never needs
-        "good": ("v=spf1 ip4:127.0.0.1 -all", "v=DMARC1; p=reject"),
-        "bank": (others, "v=DMARC1; p=reject"),
-        "lax": (others, "v=DMARC1; p=none"),
-        "careful": (others, "v=DMARC1; p=quarantine"),
-        "trial": (others, "v=DMARC1; p=reject; pct=0"),
-    }
-    lines = [f"{SELECTOR}._domainkey.good.{ZONE}. IN TXT {_txt(key)}"]
-    for name, (spf, dmarc) in records.items():
-        lines.append(f"{name}.{ZONE}. IN TXT {_txt(spf)}")
-        lines.append(f"_dmarc.{name}.{ZONE}. IN TXT {_txt(dmarc)}")
-    server = Nsd(tmp_path_factory.mktemp("nsd"), ZONE)
-    daemon_logs.register("nsd", server.log_path)
-    server.start("\n".join(lines) + "\n")
+    root = tmp_path_factory.mktemp("nsd")
+    daemon_logs.register("nsd", root / "nsd.log")
+    server = senders.serve(root)
     try:
         yield server
     finally:
@@ -87,22 +60,6 @@ def message(author: str, mid: str, extra: dict[str, str] | None = None) -> bytes
         date=datetime.now(UTC),
         extra_headers=extra,
     )
-
-
-def signed(raw: bytes, key: rsa.RSAPrivateKey, domain: str) -> bytes:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    signature: bytes = dkim.sign(
-        raw,
-        SELECTOR.encode(),
-        domain.encode(),
-        pem,
-        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
-    )
-    return signature + raw
 
 
 def deliver(postfix: Postfix, envelope_from: str, raw: bytes) -> Transaction:
@@ -135,10 +92,10 @@ def methods(value: str) -> dict[str, str]:
 
 
 def test_spf_dkim_and_dmarc_pass_is_delivered_with_three_passes(
-    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, dkim_key: rsa.RSAPrivateKey
+    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, senders: SenderDomains
 ) -> None:
     mid = unique_message_id()
-    raw = signed(message(f"alice@good.{ZONE}", mid), dkim_key, f"good.{ZONE}")
+    raw = senders.sign(message(f"alice@good.{ZONE}", mid))
     tx = deliver(postfix, f"bounces@good.{ZONE}", raw)
     assert tx.data is not None and tx.data.code == 250, tx
     copy = stored(cyrus, mid)
@@ -175,11 +132,11 @@ def test_forged_reject_domain_is_refused_at_data_550_5_7_1(
 
 
 def test_a_valid_signature_passes_dmarc_when_spf_fails(
-    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, dkim_key: rsa.RSAPrivateKey
+    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, senders: SenderDomains
 ) -> None:
     """A message forwarded or sent through a list keeps its author's signature."""
     mid = unique_message_id()
-    raw = signed(message(f"alice@good.{ZONE}", mid), dkim_key, f"good.{ZONE}")
+    raw = senders.sign(message(f"alice@good.{ZONE}", mid))
     tx = deliver(postfix, f"list-bounces@lax.{ZONE}", raw)
     assert tx.data is not None and tx.data.code == 250, tx
     copy = stored(cyrus, mid)
@@ -188,10 +145,10 @@ def test_a_valid_signature_passes_dmarc_when_spf_fails(
 
 
 def test_a_tampered_signature_fails_and_the_reject_policy_applies(
-    checking_milter: ScanMilter, postfix: Postfix, dkim_key: rsa.RSAPrivateKey
+    checking_milter: ScanMilter, postfix: Postfix, senders: SenderDomains
 ) -> None:
     mid = unique_message_id()
-    raw = signed(message(f"alice@good.{ZONE}", mid), dkim_key, f"good.{ZONE}")
+    raw = senders.sign(message(f"alice@good.{ZONE}", mid))
     raw = raw.replace(b"Invoice 4711", b"Invoice 9999")
     tx = deliver(postfix, f"list-bounces@lax.{ZONE}", raw)
     assert tx.data is not None and (tx.data.code, tx.data.enhanced) == (550, "5.7.1"), tx
