@@ -124,10 +124,15 @@ def assemble(events: Iterable[Event]) -> list[Trace]:
             decisions.append(e)
     groups = _policy_groups(decisions)
     by_queue: dict[str, int] = {}
+    # (sender, recipient) -> the groups that decided it: a transaction looks only at these,
+    # not at every group of the log (days of logs hold tens of thousands)
+    by_address: dict[tuple[str, str], set[int]] = {}
     for position, group in enumerate(groups):
         for d in group:
             if d.get("queue_id"):
                 by_queue[str(d["queue_id"])] = position
+            key = (_lower(d.get("sender")), _lower(d.get("recipient")))
+            by_address.setdefault(key, set()).add(position)
     used: set[int] = set()
     traces = []
     for tx in transactions:
@@ -135,8 +140,12 @@ def assemble(events: Iterable[Event]) -> list[Trace]:
         index: int | None = by_queue.get(str(tx.get("queue_id") or ""))
         if index is None or index in used:
             # the latest unused group before the transaction with this sender and recipient
+            sender = _lower(tx.get("sender"))
+            nearby = set().union(
+                *(by_address.get((sender, _lower(r)), set()) for r in recipients_of(tx))
+            )
             candidates = [
-                i for i, g in enumerate(groups) if i not in used and _joins_by_address(g, tx)
+                i for i in sorted(nearby) if i not in used and _joins_by_address(groups[i], tx)
             ]
             index = candidates[-1] if candidates else None
         if index is not None:
