@@ -48,6 +48,13 @@ from tests.harness.unbound import Unbound, free_loopback_address
 ZONE = "remote.example"
 DOMAINS = ("good", "bad", "plain")
 SENDER = "alice@example.org"
+# What ansible/roles/postfix deploys for mail to the outside (tests/unit/test_dane_settings.py
+# checks that the role still says so).
+DEPLOYED_MAIN_CF = {
+    "smtp_dns_support_level": "dnssec",
+    "smtp_tls_security_level": "dane",
+    "smtp_tls_loglevel": "1",
+}
 # TLS needs Postfix's tlsmgr (session cache, entropy); the harness's master.cf has no TLS
 TLSMGR = "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n"
 VIRTUAL = "virtual   unix  -       n       n       -       -       virtual\n"
@@ -176,11 +183,8 @@ def dane(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[DaneWorld]:
             resolv_conf=unbound.resolv_conf,
             master_extra=TLSMGR,
             main_cf={
-                # what ansible/roles/postfix deploys for mail to the outside
+                **DEPLOYED_MAIN_CF,
                 "disable_dns_lookups": "no",
-                "smtp_dns_support_level": "dnssec",
-                "smtp_tls_security_level": "dane",
-                "smtp_tls_loglevel": "1",
                 "dnssec_probe": f"ns:{ZONE}",
                 # the remote MX's port (TLSA at _<port>._tcp); retries at once on flush
                 "smtp_tcp_port": str(port),
