@@ -12,7 +12,9 @@ address, delivering into a Maildir: that Maildir is where a message "arrived".
   `mailglue dns` would print for it) -> sent, `Verified TLS connection established`;
 - `bad.remote.example`: TLSA of another key (a botched key roll-over) -> deferred, stays in
   our queue with the reason, never sent, not even over unverified TLS or in clear;
-- `plain.remote.example`: signed zone but no TLSA -> opportunistic TLS, sent unverified.
+- `plain.remote.example`: signed zone but no TLSA -> opportunistic TLS, sent unverified;
+- `relay.test`: through a relay host given by address (`smtp:[127.0.0.1]:port`, as the single
+  inventory's stand-in for the outside world) that offers no TLS -> sent: no DNS, no DANE.
 
 The remote MX listens on a port other than 25, and the sender's `smtp_tcp_port` names it, so
 the TLSA records live at `_<port>._tcp.<mx host>`, exactly as `_25._tcp` would.
@@ -30,6 +32,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -40,7 +46,7 @@ from milters.dns.config import spki_sha256
 from tests.harness.logs import DaemonLogs
 from tests.harness.messages import build_message, unique_message_id
 from tests.harness.nsd import Nsd
-from tests.harness.postfix import Postfix
+from tests.harness.postfix import RELAY_DOMAIN, Postfix, SmtpSink
 from tests.harness.process import wait_until
 from tests.harness.smtp import send
 from tests.harness.unbound import Unbound, free_loopback_address
@@ -97,6 +103,7 @@ class DaneWorld:
     maildir: Path  # where the remote MX delivers every message
     unbound: Unbound
     nsd: Nsd
+    relay: SmtpSink  # the relay host given by address
 
     def arrived(self) -> list[bytes]:
         return [p.read_bytes() for p in sorted((self.maildir / "new").glob("*"))]
@@ -113,7 +120,7 @@ class DaneWorld:
 
 
 @pytest.fixture(scope="module")
-def dane(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[DaneWorld]:
+def dane(stack_root: Path, daemon_logs: DaemonLogs, smtp_sink: SmtpSink) -> Iterator[DaneWorld]:
     root = Path(tempfile.mkdtemp(prefix="dane-", dir=stack_root))
     root.chmod(0o755)
     nsd = Nsd(root / "nsd", ZONE)
@@ -179,20 +186,20 @@ def dane(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[DaneWorld]:
         sender = Postfix(
             root / "sender",
             root / "no-lmtp",
-            ("127.0.0.1", 9),
+            smtp_sink.address,  # relay.test goes there, by address
             resolv_conf=unbound.resolv_conf,
             master_extra=TLSMGR,
             main_cf={
                 **DEPLOYED_MAIN_CF,
                 "disable_dns_lookups": "no",
                 "dnssec_probe": f"ns:{ZONE}",
-                # the remote MX's port (TLSA at _<port>._tcp); retries at once on flush
+                # the remote MX's port (so its TLSA records are at _<port>._tcp.<mx host>)
                 "smtp_tcp_port": str(port),
             },
         )
         daemon_logs.register("dane sender", sender.maillog)
         sender.start()
-        yield DaneWorld(sender, remote, maildir_base / "inbox", unbound, nsd)
+        yield DaneWorld(sender, remote, maildir_base / "inbox", unbound, nsd, smtp_sink)
     finally:
         for daemon in (sender, remote, unbound):
             if daemon is not None:
@@ -243,9 +250,12 @@ def wait_for_status(world: DaneWorld, queue_id: str, timeout: float = 60) -> str
 
 
 def test_the_resolver_validates_the_signed_zone(dane: DaneWorld) -> None:
-    """Postfix's own start-up probe (`dnssec_probe`) got a validated answer: no warning."""
-    assert "DNSSEC validation may be unavailable" not in dane.sender_log()
-    assert "dnssec_probe" not in dane.sender_log()
+    """unbound answers the TLSA question Postfix asks with the AD bit (validated)."""
+    port = dane.remote.port
+    query = dns.message.make_query(f"_{port}._tcp.mx-good.{ZONE}", "TLSA", want_dnssec=True)
+    answer = dns.query.udp(query, dane.unbound.host, port=dane.unbound.port, timeout=10)
+    assert answer.rcode() == dns.rcode.NOERROR and answer.answer, answer
+    assert answer.flags & dns.flags.AD, answer
 
 
 def test_matching_tlsa_sends_over_verified_tls(dane: DaneWorld) -> None:
@@ -259,6 +269,8 @@ def test_matching_tlsa_sends_over_verified_tls(dane: DaneWorld) -> None:
     received = dane.arrived_for(recipient)[0].decode()
     assert "with ESMTPS" in received, received  # the remote MX saw it under TLS
     assert queue_id not in dane.sender.queue_ids()
+    # Postfix's own probe (dnssec_probe, at its first DNSSEC lookup) found validation working
+    assert "DNSSEC validation may be unavailable" not in log
 
 
 def test_mismatching_tlsa_defers_and_never_sends(dane: DaneWorld) -> None:
@@ -296,3 +308,12 @@ def test_no_tlsa_falls_back_to_opportunistic_tls(dane: DaneWorld) -> None:
     wait_until(lambda: bool(dane.arrived_for(recipient)), 20, "the message at the remote MX")
     assert f"TLS connection established to mx-plain.{ZONE}[" in dane.sender_log()
     assert f"Verified TLS connection established to mx-plain.{ZONE}" not in dane.sender_log()
+
+
+def test_a_relay_host_given_by_address_still_gets_mail_without_tls(dane: DaneWorld) -> None:
+    recipient = f"frank@{RELAY_DOMAIN}"
+    queue_id = submit(dane, recipient)
+    status = wait_for_status(dane, queue_id)
+    assert "status=sent" in status, status
+    message_id = message_id_of(dane, queue_id)
+    assert any(message_id.encode() in m for m in dane.relay.messages())
