@@ -6,6 +6,7 @@ serves the zone DNSSEC-signed (ldns-keygen / ldns-signzone from Debian's ldnsuti
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.process import LOOPBACK, ManagedProcess, free_port, run
@@ -29,9 +30,17 @@ class Nsd:
     def server(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, records: str, timeout: float = 30, signed: bool = False) -> None:
+    def start(
+        self,
+        records: str,
+        timeout: float = 30,
+        signed: bool = False,
+        forge: Callable[[str], str] | None = None,
+    ) -> None:
         """Serve `records` (zone-file lines with absolute names) under a minimal SOA and NS;
-        `signed`: DNSSEC-signed with a fresh KSK and ZSK (ECDSA P-256, NSEC)."""
+        `signed`: DNSSEC-signed with a fresh KSK and ZSK (ECDSA P-256, NSEC). `forge` edits
+        the signed zone's text after signing: what it changes no longer matches its
+        signatures, as an answer forged on the way would not (a validator finds it bogus)."""
         self.root.mkdir(parents=True, exist_ok=True)
         origin = self.zone + "."
         zone_file = self.root / "zone"
@@ -43,6 +52,8 @@ class Nsd:
         )
         if signed:
             zone_file = self._sign(zone_file)
+            if forge is not None:
+                zone_file.write_text(forge(zone_file.read_text(encoding="utf-8")), "utf-8")
         conf = self.root / "nsd.conf"
         conf.write_text(
             "server:\n"

@@ -12,6 +12,9 @@ address, delivering into a Maildir: that Maildir is where a message "arrived".
   `mailglue dns` would print for it) -> sent, `Verified TLS connection established`;
 - `bad.remote.example`: TLSA of another key (a botched key roll-over) -> deferred, stays in
   our queue with the reason, never sent, not even over unverified TLS or in clear;
+- `forged.remote.example`: the zone's signed TLSA names another key, and an answer forged on
+  the way names the key the server presents (as a man in the middle would) -> unbound finds
+  it bogus, Postfix defers: the forged match is never believed;
 - `plain.remote.example`: signed zone but no TLSA -> opportunistic TLS, sent unverified;
 - `relay.test`: through a relay host given by address (`smtp:[127.0.0.1]:port`, as the single
   inventory's stand-in for the outside world) that offers no TLS -> sent: no DNS, no DANE.
@@ -52,7 +55,7 @@ from tests.harness.smtp import send
 from tests.harness.unbound import Unbound, free_loopback_address
 
 ZONE = "remote.example"
-DOMAINS = ("good", "bad", "plain")
+DOMAINS = ("good", "bad", "forged", "plain")
 SENDER = "alice@example.org"
 # What ansible/roles/postfix deploys for mail to the outside (tests/unit/test_dane_settings.py
 # checks that the role still says so).
@@ -169,13 +172,26 @@ def dane(stack_root: Path, daemon_logs: DaemonLogs, smtp_sink: SmtpSink) -> Iter
         right = spki_sha256(mx_cert.read_bytes())
         wrong = spki_sha256(other_cert.read_bytes())
         records = []
-        for domain, tlsa in (("good", right), ("bad", wrong), ("plain", None)):
+        tlsa_of = {"good": right, "bad": wrong, "forged": wrong, "plain": None}
+        for domain, tlsa in tlsa_of.items():
             mx = f"mx-{domain}.{ZONE}."
             records += [f"{domain}.{ZONE}. IN MX 10 {mx}", f"{mx} IN A {host}"]
             if tlsa:
                 records.append(f"_{port}._tcp.{mx} IN TLSA 3 1 1 {tlsa}")
+
+        def forge(signed_zone: str) -> str:
+            """mx-forged's TLSA now names the key the server presents; its RRSIG does not."""
+            owner = f"_{port}._tcp.mx-forged.{ZONE}."
+            lines = signed_zone.splitlines(keepends=True)
+            for i, line in enumerate(lines):
+                fields = line.split()
+                if fields[:1] == [owner] and "TLSA" in fields[:4]:
+                    lines[i] = line.replace(wrong, right)
+            assert lines != signed_zone.splitlines(keepends=True), "no TLSA line to forge"
+            return "".join(lines)
+
         daemon_logs.register("dane nsd", nsd.log_path)
-        nsd.start("\n".join(records) + "\n", signed=True)
+        nsd.start("\n".join(records) + "\n", signed=True, forge=forge)
 
         unbound = Unbound(
             root / "unbound", {ZONE: nsd.address}, [nsd.trust_anchor], host=unbound_host
@@ -295,6 +311,23 @@ def test_mismatching_tlsa_defers_and_never_sends(dane: DaneWorld) -> None:
     reasons = [str(r.get("delay_reason", "")) for r in recipients]
     assert any("certificate" in r.lower() for r in reasons), reasons
     # Nothing reached the remote MX, in clear or not: no copy, and it never saw the message.
+    assert dane.arrived_for(recipient) == []
+    remote_log = dane.remote.maillog.read_text(encoding="utf-8", errors="replace")
+    assert message_id_of(dane, queue_id) not in remote_log
+
+
+def test_a_forged_tlsa_answer_is_not_believed(dane: DaneWorld) -> None:
+    recipient = f"grace@forged.{ZONE}"
+    port = dane.remote.port
+    query = dns.message.make_query(f"_{port}._tcp.mx-forged.{ZONE}", "TLSA", want_dnssec=True)
+    answer = dns.query.udp(query, dane.unbound.host, port=dane.unbound.port, timeout=10)
+    assert answer.rcode() == dns.rcode.SERVFAIL, answer  # bogus: unbound withholds it
+    queue_id = submit(dane, recipient)
+    status = wait_for_status(dane, queue_id)
+    assert "status=deferred" in status, status
+    assert "TLSA" in status, status  # the reason names the failed TLSA lookup
+    assert f"Verified TLS connection established to mx-forged.{ZONE}" not in dane.sender_log()
+    assert queue_id in dane.sender.queue_ids()
     assert dane.arrived_for(recipient) == []
     remote_log = dane.remote.maillog.read_text(encoding="utf-8", errors="replace")
     assert message_id_of(dane, queue_id) not in remote_log
