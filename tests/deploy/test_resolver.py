@@ -10,6 +10,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.deploy.stack import DEPLOY_MARKS
+
+pytestmark = DEPLOY_MARKS
+
 
 def postconf(name: str) -> str:
     done = subprocess.run(
