@@ -30,7 +30,6 @@ import os
 import pwd
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,9 +300,14 @@ def test_mismatching_tlsa_defers_and_never_sends(dane: DaneWorld) -> None:
         and "no matching DANE TLSA records" in log
     ), log
     assert f"Verified TLS connection established to mx-bad.{ZONE}" not in log
+
     # A retry changes nothing: still queued, with the reason postqueue shows the admin.
+    def attempts() -> list[str]:
+        return [line for line in dane.log_lines(queue_id) if " status=" in line]
+
     dane.sender.flush()
-    time.sleep(2)
+    wait_until(lambda: len(attempts()) >= 2, 30, f"a second delivery attempt of {queue_id}")
+    assert all("status=deferred" in line for line in attempts()), attempts()
     queued = {str(m["queue_id"]): m for m in dane.sender.queue()}
     assert queue_id in queued, queued
     recipients = queued[queue_id]["recipients"]
