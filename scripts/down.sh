@@ -3,7 +3,14 @@
 # `make up` starts them again.
 set -euo pipefail
 
-programs=(postfix nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd rsyslog)
+programs=(postfix nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd unbound rsyslog)
+
+# The resolver role pointed /etc/resolv.conf at unbound, which stops below: give the host back
+# the name servers it had before (apt needs them); `make up` points it at unbound again.
+if [[ -f /etc/unbound/upstream-resolv.conf ]] && grep -q 'resolver role' /etc/resolv.conf 2>/dev/null; then
+  cat /etc/unbound/upstream-resolv.conf > /etc/resolv.conf
+  echo "down: /etc/resolv.conf names the resolvers from before the deploy again"
+fi
 
 if [[ -d /run/systemd/system ]]; then
   for p in "${programs[@]}"; do

@@ -4,7 +4,9 @@
 # `mailglue dns --check` asks a real name server; Mailman: the lists tests run its core;
 # sa-compile and re2c: spamd's body rules
 # compiled to native code, as deployed; libpython3.11-testsuite: CPython's email test messages,
-# part of the corpus on which tuned and untuned spamd must agree).
+# part of the corpus on which tuned and untuned spamd must agree; unbound and ldnsutils: the
+# DANE test signs a zone with ldns-signzone and validates it with unbound, the resolver the
+# `resolver` role deploys).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -14,6 +16,7 @@ packages=(
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
   chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3 libpython3.11-testsuite
+  unbound ldnsutils
 )
 
 missing=()

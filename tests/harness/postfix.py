@@ -7,6 +7,11 @@ the design's fold rule relies on for retries. `relay.test` goes to smtp-sink via
 so tests have non-local recipients. Several instances coexist: each has its own queue dir (the
 master.pid lock lives there) and its own ports; Debian's default instance (/etc/postfix, not
 configured here) is untouched.
+
+`resolv_conf=`: Postfix's DNS lookups go through the C library, which reads only
+/etc/resolv.conf; such an instance is started in a mount namespace of its own (`unshare
+--mount`, we are root) where that file is bind-mounted over /etc/resolv.conf. Its master and
+every child it spawns stay in that namespace; the rest of the machine keeps its resolver.
 """
 
 from __future__ import annotations
@@ -117,9 +122,12 @@ class Postfix:
         milter: str | None = None,
         main_cf: Mapping[str, str] | None = None,
         master_extra: str = "",
+        host: str = LOOPBACK,
+        resolv_conf: Path | None = None,
     ) -> None:
         self.root = root
-        self.host = LOOPBACK
+        self.host = host
+        self.resolv_conf = resolv_conf
         self.port = free_port()
         self.master_extra = master_extra  # more master.cf services (see reinject_service)
         self.config_dir = root / "etc"
@@ -202,7 +210,16 @@ class Postfix:
     def start(self, timeout: float = 30) -> None:
         if not (self.config_dir / "main.cf").exists():
             self.configure()
-        self.postfix("start")
+        if self.resolv_conf is None:
+            self.postfix("start")
+        else:
+            unshare = ["/usr/bin/unshare", "--mount", "--propagation", "private"]
+            bind = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+            postfix = ["/usr/sbin/postfix", "-c", str(self.config_dir), "start"]
+            run(
+                [*unshare, "/bin/sh", "-c", bind, "sh", str(self.resolv_conf), *postfix],
+                self.maillog,
+            )
         self._wait_banner(timeout)
 
     def _wait_banner(self, timeout: float) -> None:
