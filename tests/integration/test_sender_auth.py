@@ -276,3 +276,20 @@ def test_name_server_down_gives_temperror_and_delivers(
         "dkim": "none",
         "dmarc": "temperror",
     }
+
+
+def test_each_signature_is_verified_on_its_own(
+    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, senders: SenderDomains
+) -> None:
+    """A list or forwarder adds its own signature on top; the author's still counts."""
+    mid = unique_message_id()
+    raw = senders.sign(senders.sign(message(f"alice@good.{ZONE}", mid)), "lax")
+    tx = deliver(postfix, f"list-bounces@lax.{ZONE}", raw)
+    assert tx.data is not None and tx.data.code == 250, tx
+    dkim_results = checking_milter.transaction(mid)["auth"]["dkim"]
+    assert [(d["domain"], d["result"]) for d in dkim_results] == [
+        (f"lax.{ZONE}", "fail"),  # lax publishes no key (dkimpy: does not verify)
+        (f"good.{ZONE}", "pass"),
+    ]
+    copy = stored(cyrus, mid)
+    assert copy is not None and methods(our_results(copy)[0])["dmarc"] == "pass"
