@@ -143,10 +143,10 @@ def relay_address(variables: dict[str, Any]) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def dkim_verifies(received: bytes, domain: str = "example.org") -> bool:
-    """Whether the copy the remote MX received carries a DKIM signature that dkimpy (an
-    implementation independent of the signer) verifies against the key we would publish:
-    the TXT record OpenDKIM wrote beside the private key."""
+def dkim_signatures(received: bytes, domain: str = "example.org") -> dict[str, bool]:
+    """Each DKIM signature on the copy the remote MX received ("selector a=algorithm"), and
+    whether dkimpy (an implementation independent of the signer) verifies it against the key
+    we would publish: the TXT record beside the private key (`mailglue dns` prints it)."""
     import dkim
 
     def txt(name: bytes, timeout: int = 5) -> bytes:
@@ -155,4 +155,17 @@ def dkim_verifies(received: bytes, domain: str = "example.org") -> bool:
         return "".join(re.findall(r'"([^"]*)"', record)).encode()
 
     message = received.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return bool(dkim.verify(message, dnsfunc=txt))
+    verifier = dkim.DKIM(message)
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    results = {}
+    for index in range(count):
+        ok = bool(verifier.verify(idx=index, dnsfunc=txt))
+        fields = verifier.signature_fields
+        results[f"{fields[b's'].decode()} a={fields[b'a'].decode()}"] = ok
+    return results
+
+
+def dkim_verifies(received: bytes, domain: str = "example.org") -> bool:
+    """At least one DKIM signature, and every one of them verifies."""
+    results = dkim_signatures(received, domain)
+    return bool(results) and all(results.values())

@@ -29,6 +29,7 @@ from tests.deploy.mailuser import (
     SUBMISSION,
     RemoteMx,
     assert_delivered,
+    dkim_signatures,
     dkim_verifies,
     from_outside,
     in_folder,
@@ -66,6 +67,23 @@ def test_member_sends_to_the_outside_on_587(deployed: dict[str, Any], remote_mx:
     assert b"X-Mail-Args: <alice@example.org>" in received
     assert f"X-Rcpt-Args: <{OUTSIDE}>".encode() in received
     assert b"DKIM-Signature:" in received and dkim_verifies(received), received[:2000]
+
+
+def test_outgoing_mail_carries_an_rsa_and_an_ed25519_signature(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    """The single inventory turns on the second, Ed25519 signature (RFC 8463)."""
+    ed_selector = deployed["vars"].get("mail_dkim_ed25519_selector")
+    assert ed_selector, "the single inventory sets mail_dkim_ed25519_selector"
+    alice = person(deployed, "alice")
+    subject = f"two signatures {token()}"
+    assert_delivered(submit(alice, [OUTSIDE], subject))
+    received = remote_mx.find(subject)
+    assert received is not None, "not at the remote MX"
+    assert dkim_signatures(received) == {
+        "mail a=rsa-sha256": True,
+        f"{ed_selector} a=ed25519-sha256": True,
+    }
 
 
 def test_member_sends_to_a_colleague_and_the_outside(
