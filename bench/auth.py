@@ -37,7 +37,7 @@ from . import meter, report
 from .corpus import RECIPIENT, template
 from .load import Result, run_parallel, smtp_one
 from .meter import Meter, ProcessGroup
-from .stack import SPAMD_CHILDREN, BenchPostfix, process_group
+from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, process_group
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("checked", "unchecked")
@@ -200,17 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="mailglue-bench-auth-"))
     root.chmod(0o755)
     stack = AuthStack(root)
-    samples: list[dict[str, Any]] = []
     try:
         stack.start()
-        for variant in VARIANTS:  # warm-up: rules loaded, children forked, DNS cached
-            run_one(stack, variant, 10, 5)
-        for rep in range(args.reps):
-            for variant in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
-                s = run_one(stack, variant, args.messages, args.concurrency)
-                s["rep"] = rep
-                samples.append(s)
-                print(json.dumps(s), flush=True)
+        samples = interleaved(
+            VARIANTS,
+            args.reps,
+            lambda v: run_one(stack, v, args.messages, args.concurrency),
+            lambda v: run_one(stack, v, 10, 5),  # rules loaded, children forked, DNS cached
+        )
     finally:
         stack.stop()
         meter.release_all()

@@ -47,7 +47,7 @@ from . import meter, report
 from .corpus import RECIPIENT, template
 from .load import Result, smtp_load
 from .meter import Meter, ProcessGroup
-from .stack import SPAMD_CHILDREN, BenchPostfix, process_group
+from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, process_group
 
 LIST = "staff@example.org"
 RESULTS = Path(__file__).parent / "results"
@@ -287,17 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="mailglue-bench-lists-"))
     root.chmod(0o755)
     stack = ListStack(root, args.local, args.outside)
-    samples: list[dict[str, Any]] = []
     try:
         stack.start()
-        for kind in kinds:  # warm-up: load rules, fork children, open connections
-            run_one(stack, kind, 5, 5)
-        for rep in range(args.reps):
-            for kind in kinds if rep % 2 == 0 else kinds[::-1]:
-                s = run_one(stack, kind, args.posts, args.concurrency)
-                s["rep"] = rep
-                samples.append(s)
-                print(json.dumps(s), flush=True)
+        samples = interleaved(
+            kinds,
+            args.reps,
+            lambda k: run_one(stack, k, args.posts, args.concurrency),
+            lambda k: run_one(stack, k, 5, 5),  # load rules, fork children, open connections
+        )
     finally:
         stack.stop()
         meter.release_all()

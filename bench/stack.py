@@ -5,10 +5,12 @@ and repetitions can be interleaved (the machine's speed drifts by up to ~10 % ov
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tests.harness.clamd import Clamd
 from tests.harness.cyrus import Cyrus
@@ -35,6 +37,30 @@ class BenchPostfix(Postfix):
             for _, _, files in os.walk(self.queue_dir / d):
                 total += len(files)
         return total
+
+
+V = TypeVar("V")
+
+
+def interleaved(
+    variants: Sequence[V],
+    reps: int,
+    measure: Callable[[V], dict[str, Any]],
+    warm_up: Callable[[V], object],
+) -> list[dict[str, Any]]:
+    """Warm every variant up once, then `reps` rounds of one measurement each, the order
+    reversed every other round, so a drift of the machine's speed hits all variants alike.
+    Each sample is printed as it comes (a long run shows progress) and tagged with its round."""
+    for variant in variants:
+        warm_up(variant)
+    samples = []
+    for rep in range(reps):
+        for variant in variants if rep % 2 == 0 else list(variants)[::-1]:
+            sample = measure(variant)
+            sample["rep"] = rep
+            samples.append(sample)
+            print(json.dumps(sample), flush=True)
+    return samples
 
 
 def process_group(process: ManagedProcess | None) -> int:
