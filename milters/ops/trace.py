@@ -291,6 +291,7 @@ def render(trace: Trace) -> str:
     )
     lines.append(f"  from      {tx.get('sender') or '<>'}  ({tx.get('size', '?')} bytes)")
     lines += [_policy_line(d) for d in trace.policy]
+    lines += _auth_lines(tx.get("auth"))
     lines += _spam_lines(tx.get("spam") or {})
     lines.append(_virus_line(tx.get("virus") or {}))
     action = f"  action    {tx.get('action')} ({tx.get('reason')})"
@@ -311,11 +312,27 @@ def render(trace: Trace) -> str:
             lines.append(f"  rcpt      {r.get('address')}")
     lines.append(f"  reply     {tx.get('reply')}")
     timings = tx.get("timings_ms") or {}
-    order = ["clamd", "spamd", "scan", "lmtp", "total"]
+    order = ["auth", "clamd", "spamd", "scan", "lmtp", "total"]
     spent = [f"{k} {timings[k]} ms" for k in order if k in timings]
     lines.append(f"  timings   {', '.join(spent) or '-'}")
     lines += _member_lines(trace)
     return "\n".join(lines)
+
+
+def _auth_lines(auth: object) -> list[str]:
+    """SPF, each DKIM signature and DMARC on one line, as the milter judged the sender."""
+    if not isinstance(auth, dict):
+        return []
+    spf = auth.get("spf") or {}
+    parts = [f"spf={spf.get('result')} ({spf.get('domain') or '-'})"]
+    signatures = auth.get("dkim") or []
+    parts += [f"dkim={d.get('result')} ({d.get('domain') or '-'})" for d in signatures] or [
+        "dkim=none"
+    ]
+    dmarc = auth.get("dmarc") or {}
+    policy = f" p={dmarc['policy']}" if dmarc.get("policy") else ""
+    parts.append(f"dmarc={dmarc.get('result')} ({dmarc.get('header_from') or '-'}{policy})")
+    return [f"  auth      {' '.join(parts)} -> {auth.get('action')}"]
 
 
 def _member_lines(trace: Trace) -> list[str]:

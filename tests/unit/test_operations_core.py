@@ -172,6 +172,22 @@ def test_render_sorts_tests_by_weight_and_shows_the_reply() -> None:
     assert sorted_tests({"X": -3, "Y": 2}) == [("X", -3.0), ("Y", 2.0)]
 
 
+def test_render_shows_the_sender_checks_on_one_line() -> None:
+    auth = {
+        "spf": {"result": "fail", "domain": "bank.test", "identity": "mailfrom"},
+        "dkim": [{"result": "pass", "domain": "mailer.test", "selector": "s1"}],
+        "dmarc": {"result": "fail", "header_from": "bank.test", "policy": "reject"},
+        "action": "reject",
+    }
+    text = render(assemble([tx("Q1", "ceo@bank.test", "a@ex.org", 0, auth=auth)])[0])
+    assert (
+        "  auth      spf=fail (bank.test) dkim=pass (mailer.test) "
+        "dmarc=fail (bank.test p=reject) -> reject"
+    ) in text.splitlines()
+    unchecked = render(assemble([tx("Q2", "bob@x.test", "a@ex.org", 0)])[0])
+    assert "  auth " not in unchecked  # a trusted client: nothing was checked
+
+
 # --- log files ---------------------------------------------------------------------------------
 
 
