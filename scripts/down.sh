@@ -3,7 +3,7 @@
 # `make up` starts them again.
 set -euo pipefail
 
-programs=(postfix nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd unbound rsyslog)
+programs=(postfix nginx php-fpm opendkim opendkim-ed25519 fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd unbound rsyslog)
 
 # The resolver role pointed /etc/resolv.conf at unbound, which stops below: give the host back
 # the name servers it had before (apt needs them); `make up` points it at unbound again.
