@@ -4,7 +4,8 @@
 # `mailglue dns --check` asks a real name server; Mailman: the lists tests run its core;
 # sa-compile and re2c: spamd's body rules
 # compiled to native code, as deployed; libpython3.11-testsuite: CPython's email test messages,
-# part of the corpus on which tuned and untuned spamd must agree).
+# part of the corpus on which tuned and untuned spamd must agree; postfix-mta-sts-resolver:
+# the outbound MTA-STS test runs the same mta-sts-daemon the postfix role deploys).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ packages=(
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
   chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3 libpython3.11-testsuite
+  postfix-mta-sts-resolver
 )
 
 missing=()
