@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make down`: stop every daemon `make up` started. Configuration and mail stay in place;
-# `make up` starts them again.
+# `make up` starts them again. (mta-sts-daemon runs as Debian's postfix-mta-sts-resolver unit under systemd.)
 set -euo pipefail
 
-programs=(postfix nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd rsyslog)
+programs=(postfix mta-sts-daemon postfix-mta-sts-resolver nginx php-fpm opendkim fail2ban mailglue-policy mailglue-milter cyrus saslauthd clamd freshclam spamd slapd rsyslog)
 
 if [[ -d /run/systemd/system ]]; then
   for p in "${programs[@]}"; do

@@ -13,6 +13,7 @@ import subprocess
 from typing import Any
 
 from tests.deploy.stack import DEPLOY_MARKS
+from tests.harness.mta_sts import socketmap_query
 
 pytestmark = DEPLOY_MARKS
 
@@ -75,24 +76,6 @@ def test_the_mta_sts_name_serves_only_the_policy(deployed: dict[str, Any]) -> No
 STS_MAP = "socketmap:inet:127.0.0.1:8461:postfix"
 
 
-def netstring(data: bytes) -> bytes:
-    return str(len(data)).encode() + b":" + data + b","
-
-
-def socketmap_query(name: str, key: str, port: int = 8461) -> bytes:
-    """One socketmap request (Postfix's protocol: netstrings) to the deployed daemon."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(netstring(f"{name} {key}".encode()))
-        reply = b""
-        while not reply.endswith(b","):
-            chunk = conn.recv(4096)
-            assert chunk, reply
-            reply += chunk
-    length, _, rest = reply.partition(b":")
-    assert rest[:-1] and len(rest[:-1]) == int(length), reply
-    return rest[:-1]
-
-
 def test_postfix_asks_the_deployed_mta_sts_daemon(deployed: dict[str, Any]) -> None:
     postconf = subprocess.run(
         ["postconf", "-h", "smtp_tls_policy_maps"], capture_output=True, text=True, check=True
@@ -100,7 +83,7 @@ def test_postfix_asks_the_deployed_mta_sts_daemon(deployed: dict[str, Any]) -> N
     assert postconf.stdout.strip() == STS_MAP
     # A next hop given as an address has no MTA-STS policy: the daemon answers at once,
     # without DNS (nothing leaves the machine), through Postfix's own socketmap client too.
-    assert socketmap_query("postfix", "[127.0.0.1]:2525") == b"NOTFOUND "
+    assert socketmap_query(("127.0.0.1", 8461), "postfix", "[127.0.0.1]:2525") == b"NOTFOUND "
     lookup = subprocess.run(
         ["postmap", "-q", "[127.0.0.1]:2525", STS_MAP], capture_output=True, text=True, timeout=30
     )
