@@ -41,7 +41,7 @@ from tests.harness.tls_ca import TestCa
 # and an MX address Postfix does not count as itself (127.0.0.1 would be "loops back to myself").
 NAMESERVER = "127.53.84.83"
 MX_ADDRESS = "127.53.84.25"
-GOOD, BAD = "good.sts.test", "bad.sts.test"
+GOOD, BAD, PLAIN = "good.sts.test", "bad.sts.test", "plain.sts.test"
 
 
 def _port_53_free() -> bool:
@@ -70,6 +70,7 @@ def zone() -> str:
         f"mx.{GOOD}. IN A {MX_ADDRESS}",
         f"{BAD}. IN MX 10 mx.evil.sts.test.",
         f"mx.evil.sts.test. IN A {MX_ADDRESS}",
+        f"{PLAIN}. IN MX 10 mx.evil.sts.test.",  # the same MX, no MTA-STS policy
     ]
     for domain in (GOOD, BAD):
         lines.append(
@@ -109,7 +110,7 @@ def world() -> Iterator[World]:
     daemon = MtaStsDaemon(root, resolv, proxy.address, ca.ca_file)
     transport = root / "transport"
     transport.write_text(
-        "".join(f"{d} smtp:{d}:{mx.address[1]}\n" for d in (GOOD, BAD)), encoding="ascii"
+        "".join(f"{d} smtp:{d}:{mx.address[1]}\n" for d in (GOOD, BAD, PLAIN)), encoding="ascii"
     )
     postfix = NamespacedPostfix(
         root / "postfix",
@@ -117,7 +118,7 @@ def world() -> Iterator[World]:
         relay_address=("127.0.0.1", 9),
         master_extra="tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n",
         main_cf={
-            "relay_domains": f"{GOOD} {BAD}",
+            "relay_domains": f"{GOOD} {BAD} {PLAIN}",
             "transport_maps": f"texthash:{transport}",
             "disable_dns_lookups": "no",
             "smtp_dns_support_level": "enabled",
@@ -206,3 +207,11 @@ def test_an_enforced_policy_whose_mx_matches_is_sent_over_verified_tls(world: Wo
     delivered = [s for s in world.mx.sessions if s.messages]
     assert sum(len(s.messages) for s in world.mx.sessions) == before + 1
     assert all(s.tls for s in delivered)
+
+
+def test_without_a_policy_the_same_mx_gets_the_mail(world: World) -> None:
+    """The control: what the bad.sts.test message was kept from is the policy, not the MX."""
+    recipient = f"dave@{PLAIN}"
+    lines = send_and_wait(world, recipient, "status=sent")
+    sent = next(line for line in lines if f"to=<{recipient}>" in line and "status=sent" in line)
+    assert "relay=mx.evil.sts.test" in sent, sent
