@@ -68,7 +68,9 @@ def _lists(args: argparse.Namespace) -> int:
 def _dns(args: argparse.Namespace) -> int:
     from milters.dns.command import run
 
-    return run(args.config, check_dns=args.check, server=args.server)
+    return run(
+        args.config, check_dns=args.check, server=args.server, policy_only=args.mta_sts_policy
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -153,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("--config", default="/etc/mailglue/dns.yaml", help="path to dns.yaml")
     dns.add_argument("--check", action="store_true", help="compare with what DNS answers now")
     dns.add_argument("--server", help="ask this name server (HOST or HOST:PORT), not the system's")
+    dns.add_argument(
+        "--mta-sts-policy",
+        action="store_true",
+        help="print only the MTA-STS policy file, as https://mta-sts.DOMAIN serves it",
+    )
     dns.set_defaults(handler=_dns)
 
     replay = sub.add_parser("replay", help="scan one message as the milter would; no delivery")

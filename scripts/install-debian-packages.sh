@@ -6,7 +6,8 @@
 # compiled to native code, as deployed; libpython3.11-testsuite: CPython's email test messages,
 # part of the corpus on which tuned and untuned spamd must agree; unbound and ldnsutils: the
 # DANE test signs a zone with ldns-signzone and validates it with unbound, the resolver the
-# `resolver` role deploys).
+# `resolver` role deploys; postfix-mta-sts-resolver: the outbound MTA-STS test runs the same
+# mta-sts-daemon the postfix role deploys).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ packages=(
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
   chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3 libpython3.11-testsuite
-  unbound ldnsutils
+  unbound ldnsutils postfix-mta-sts-resolver
 )
 
 missing=()

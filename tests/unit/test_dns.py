@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from milters.cli import main
 from milters.common.configkit import ConfigError
 from milters.dns.check import compare
 from milters.dns.config import dkim_tags, parse_dns_config
@@ -74,6 +75,29 @@ def test_the_mta_sts_id_follows_the_policy() -> None:
     sts = ("_mta-sts.example.org.", "TXT")
     assert by_name(EXAMPLE)[sts] != by_name(enforce)[sts]
     assert by_name(EXAMPLE)[sts] == by_name(Facts(**EXAMPLE.__dict__))[sts]
+
+
+def test_mailglue_dns_mta_sts_policy_prints_the_file_the_txt_id_is_made_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the deployment serves is this output: it must be the policy byte for byte (CRLF
+    lines, RFC 8461 3.2) and the file whose digest the TXT record's id is."""
+    config = tmp_path / "dns.yaml"
+    config.write_text(
+        "hostname: Mail.Example.org\nmta_sts: {mode: enforce, max_age: 86400}\n"
+        "domains: [{name: example.org}]\n",
+        encoding="utf-8",
+    )
+    assert main(["dns", "--config", str(config), "--mta-sts-policy"]) == 0
+    served = capsys.readouterr().out
+    assert served == (
+        "version: STSv1\r\nmode: enforce\r\nmx: mail.example.org\r\nmax_age: 86400\r\n"
+    )
+    assert main(["dns", "--config", str(config)]) == 0
+    zone = capsys.readouterr().out
+    txt_id = hashlib.sha256(served.encode()).hexdigest()[:20]
+    assert f'"v=STSv1; id={txt_id}"' in zone
+    assert all(f"; {line}\n" in zone for line in served.splitlines())
 
 
 def test_opendkim_key_file_tags() -> None:
