@@ -13,7 +13,9 @@ ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
 deps: debian-packages venv ansible-venv
 
+# host-dns.sh first: apt and pip need a resolver that answers (see the script).
 debian-packages:
+	bash scripts/host-dns.sh
 	bash scripts/install-debian-packages.sh
 
 venv: $(STAMP)

@@ -7,10 +7,7 @@ programs=(postfix mta-sts-daemon postfix-mta-sts-resolver nginx php-fpm opendkim
 
 # The resolver role pointed /etc/resolv.conf at unbound, which stops below: give the host back
 # the name servers it had before (apt needs them); `make up` points it at unbound again.
-if [[ -f /etc/unbound/upstream-resolv.conf ]] && grep -q 'resolver role' /etc/resolv.conf 2>/dev/null; then
-  cat /etc/unbound/upstream-resolv.conf > /etc/resolv.conf
-  echo "down: /etc/resolv.conf names the resolvers from before the deploy again"
-fi
+bash "$(dirname "$0")/host-dns.sh" --always
 
 if [[ -d /run/systemd/system ]]; then
   for p in "${programs[@]}"; do
