@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ANSIBLE_VENV := .venv-ansible
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
-.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists bench-auth up down clean
+.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists bench-auth bench-retries up down clean
 
 deps: debian-packages venv ansible-venv
 
@@ -54,10 +54,16 @@ test: deps lint typecheck
 	$(VENV)/bin/pytest -ra tests
 
 # Benchmarks against the peers (installs spamass-milter, clamav-milter, amavisd-new itself).
-# Results: bench/results/latest.{json,md,png}. The full grid takes ~35 minutes.
+# Results: bench/results/latest.{json,md,png}. The full grid takes ~35 minutes; then the
+# scan memo on a mix with retries (bench/results/retries-latest.md, ~2 minutes).
 bench: deps
 	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(VPY) -m bench
+	$(VPY) -m bench.retries
+
+bench-retries: deps
+	$(VPY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(VPY) -m bench.retries
 
 # A 50-member list post against a one-recipient message: spamd scans per post, fan-out rate.
 bench-lists: deps
