@@ -23,7 +23,13 @@ from milters.common.jsonlog import json_default
 from milters.ops.trace import sorted_tests
 from milters.scan.config import MilterConfig
 from milters.scan.event import scan_fields, shadow_json, shadow_of
-from milters.scan.headers import ClientInfo, is_owned, received_header, render
+from milters.scan.headers import (
+    ClientInfo,
+    is_owned,
+    received_header,
+    render,
+    render_as_received,
+)
 from milters.scan.scanner import Scanner, ScanReport
 from milters.scan.service import verdict_policy
 from milters.scan.shadow import ShadowVerdict, shadow_decide
@@ -50,17 +56,17 @@ def split_message(raw: bytes) -> ParsedMessage:
             headers[-1] = (name, value + "\n" + line)
         elif ":" in line:
             name, _, value = line.partition(":")
-            headers.append((name.strip(), value.strip()))
+            headers.append((name.rstrip(), value))  # as the milter gets it (P_HDR_LEADSPC)
     return ParsedMessage(headers, body.replace(b"\n", b"\r\n"))
 
 
 def scan_prefix(headers: list[tuple[str, str]], hostname: str, recipients: list[str]) -> bytes:
     """The header block sent to the scanners: ours removed, a Received line if none."""
-    kept = [(n, v) for n, v in headers if not is_owned(n)]
-    if not any(n.lower() == "received" for n, _ in kept):
+    kept = render_as_received((n, v) for n, v in headers if not is_owned(n))
+    if not any(n.lower() == "received" for n, _ in headers):
         client = ClientInfo(addr="127.0.0.1", name="localhost", helo="replay")
-        kept.insert(0, received_header(client, hostname, "", recipients, datetime.now(UTC)))
-    return render(kept) + b"\r\n"
+        kept = render([received_header(client, hostname, "", recipients, datetime.now(UTC))]) + kept
+    return kept + b"\r\n"
 
 
 def replay(

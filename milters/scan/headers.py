@@ -92,12 +92,27 @@ def received_header(
 
 
 def render(headers: Iterable[tuple[str, str]]) -> bytes:
-    """Headers as wire bytes (CRLF), for the copy sent to the scanners."""
+    """Our own headers as wire bytes (CRLF): `Name: value`."""
+    return render_as_received(with_leading_space(headers))
+
+
+def render_as_received(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Headers as the MTA passed them (milter option P_HDR_LEADSPC: each value is exactly
+    what follows the colon, its leading space or tab and folding included) as wire bytes.
+
+    Byte for byte what the client sent: a DKIM signature with `simple` header
+    canonicalization still verifies on the copy spamd scores and the copy Cyrus stores.
+    """
     out = bytearray()
     for name, value in headers:
-        line = f"{name}: {value}".replace("\r\n", "\n").replace("\n", "\r\n")
+        line = f"{name}:{value}".replace("\r\n", "\n").replace("\n", "\r\n")
         out += line.encode("utf-8", "surrogateescape") + b"\r\n"
     return bytes(out)
+
+
+def with_leading_space(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Our headers in the received form: with P_HDR_LEADSPC the MTA adds no space itself."""
+    return [(name, " " + value) for name, value in headers]
 
 
 def content_message_id(

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from milters.scan.headers import ClientInfo, render
+from milters.scan.headers import ClientInfo, render_as_received
 from milters.scan.scanner import Known, ScanReport
 from milters.scan.verdict import SpamScore, Unscanned
 
@@ -33,7 +33,7 @@ def scan_key(
     digest = hashlib.sha256()
     for part in (client.addr, client.name, client.helo, client.tls, client.auth_user, sender):
         digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
-    digest.update(render(headers) + b"\0")
+    digest.update(render_as_received(headers) + b"\0")
     digest.update(body_sha256)
     return digest.hexdigest()
 

@@ -34,6 +34,8 @@ from milters.scan.headers import (
     owned_deletions,
     received_header,
     render,
+    render_as_received,
+    with_leading_space,
 )
 from milters.scan.memo import scan_key
 from milters.scan.scanner import ScanReport
@@ -67,6 +69,8 @@ def milter_text(text: str) -> str:
     return text.replace("%", "%%")
 
 
+# P_HDR_LEADSPC: header values exactly as sent (render_as_received), and ours added as given.
+@Milter.header_leading_space
 class ScanMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, service: MilterService) -> None:
         self.service = service
@@ -239,7 +243,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         message = None
         if spool.size <= settings.max_size:
             with spool.reader() as body:
-                message = render(self.headers) + b"\r\n" + body.read()
+                message = render_as_received(self.headers) + b"\r\n" + body.read()
         from_values = [v for n, v in self.headers if n.strip().lower() == "from"]
         results = self._wait(
             lambda: authenticate(
@@ -261,7 +265,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
 
     def _size(self) -> int:
         assert self.spool is not None
-        return self.spool.size + len(render(self.headers)) + 2
+        return self.spool.size + len(render_as_received(self.headers)) + 2
 
     def _scan(self, queue_id: str, client: ClientInfo) -> tuple[ShadowVerdict, ScanReport]:
         assert self.spool is not None
@@ -275,9 +279,10 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
             datetime.now(UTC),
         )
         self.kept = [(n, v) for n, v in self.headers if not is_owned(n, v, self._authserv_id())]
-        self.rendered = render([self.received, *self.kept])  # delivery appends ours to it
+        kept = render_as_received(self.kept)
+        self.rendered = render([self.received]) + kept  # delivery appends ours to it
         # spamd reads our Authentication-Results too (SpamAssassin's AuthRes plugin)
-        prefix = render([self.received, *self.auth_headers, *self.kept]) + b"\r\n"
+        prefix = render([self.received, *self.auth_headers]) + kept + b"\r\n"
         key = None
         if self.rt.memo.ttl > 0 and len(prefix) + self.spool.size <= config.spam.max_size:
             key = scan_key(client, self.sender, self.kept, self.spool.body_digest())
@@ -348,7 +353,7 @@ class ScanMilter(Milter.Base):  # type: ignore[misc]
         deletions = owned_deletions(self.headers, self._authserv_id())
         for name, index in deletions:
             self.chgheader(name, index, None)
-        for name, value in added:
+        for name, value in with_leading_space(added):
             self.addheader(name, value)
         originals = {bare(r): r for r in self.recipients}
         for recipient in delete:

@@ -68,13 +68,16 @@ class SenderDomains:
         server.start(self.records())
         return server
 
-    def sign(self, raw: bytes, label: str = "good") -> bytes:
-        """`raw` with a DKIM-Signature of `label`'s domain (only `good` publishes the key)."""
+    def sign(self, raw: bytes, label: str = "good", canonicalize: str = "relaxed/simple") -> bytes:
+        """`raw` with a DKIM-Signature of `label`'s domain (only `good` publishes the key);
+        `canonicalize` is the signature's c= (header/body)."""
+        header_c, body_c = canonicalize.encode().split(b"/")
         signature: bytes = dkim.sign(
             raw,
             SELECTOR.encode(),
             domain(label).encode(),
             self._pem,
             include_headers=SIGNED_HEADERS,
+            canonicalize=(header_c, body_c),
         )
         return signature + raw

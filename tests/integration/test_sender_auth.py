@@ -144,6 +144,28 @@ def test_a_valid_signature_passes_dmarc_when_spf_fails(
     assert methods(our_results(copy)[0]) == {"spf": "fail", "dkim": "pass", "dmarc": "pass"}
 
 
+def test_a_simple_signature_over_unusual_header_spacing_still_passes(
+    checking_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, senders: SenderDomains
+) -> None:
+    """c=simple/simple signs the header bytes as sent: no space after a colon, a tab after
+    another. Postfix used to drop that information on the way to the milter (one space
+    eaten, then one put back), so the signature failed and the p=reject policy refused a
+    genuine message with 550; the stored copy had its headers respaced too."""
+    mid = unique_message_id()
+    raw = message(f"alice@good.{ZONE}", mid)
+    raw = raw.replace(b"Subject: Invoice 4711", b"Subject:Invoice 4711")
+    raw = raw.replace(b"To: ", b"To:\t", 1)
+    assert b"Subject:Invoice 4711" in raw and b"To:\t" in raw
+    signed = senders.sign(raw, canonicalize="simple/simple")
+    tx = deliver(postfix, f"list-bounces@lax.{ZONE}", signed)  # SPF fails: DKIM must pass
+    assert tx.data is not None and tx.data.code == 250, tx
+    copy = stored(cyrus, mid)
+    assert copy is not None
+    assert methods(our_results(copy)[0]) == {"spf": "fail", "dkim": "pass", "dmarc": "pass"}
+    [stored_raw] = [m for m in cyrus.messages("alice", "INBOX") if mid.encode() in m]
+    assert b"\r\nSubject:Invoice 4711\r\n" in stored_raw and b"\r\nTo:\t" in stored_raw
+
+
 def test_a_tampered_signature_fails_and_the_reject_policy_applies(
     checking_milter: ScanMilter, postfix: Postfix, senders: SenderDomains
 ) -> None:

@@ -10,6 +10,7 @@ from milters.scan.headers import (
     owned_deletions,
     received_header,
     render,
+    render_as_received,
 )
 
 
@@ -65,6 +66,15 @@ def test_render_uses_crlf_and_keeps_8bit_bytes() -> None:
     )
     latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")
     assert render([("Subject", latin1)]) == b"Subject: caf\xe9\r\n"
+
+
+def test_received_headers_are_rendered_byte_for_byte() -> None:
+    """Values as Postfix passes them with P_HDR_LEADSPC: no space added, none lost."""
+    received = [("Subject", "Invoice"), ("To", "\tbob@x"), ("X", "  two\n\tfolded")]
+    assert render_as_received(received) == (
+        b"Subject:Invoice\r\nTo:\tbob@x\r\nX:  two\r\n\tfolded\r\n"
+    )
+    assert render([("X-Spam-Flag", "YES")]) == render_as_received([("X-Spam-Flag", " YES")])
 
 
 def test_content_message_id_is_stable_and_ignores_our_headers() -> None:
