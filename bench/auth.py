@@ -15,7 +15,6 @@ p90 latency from DATA to the 250, and the ratio of each (checked / unchecked).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -220,12 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         f"concurrent senders, {args.reps} repetitions interleaved"
     )
     text = markdown(rows, plan, report.machine())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "auth-latest.md").write_text(text)
-    (args.out / "auth-latest.json").write_text(
-        json.dumps({"plan": plan, "rows": rows, "samples": samples}, indent=1) + "\n"
-    )
-    print(text)
+    report.save_latest(args.out, "auth", text, {"plan": plan, "rows": rows, "samples": samples})
     checked = rows[0]
     if checked["dmarc_pass"] != checked["accepted"] or any(r["accepted"] == 0 for r in rows):
         print("the checked milter did not pass DMARC for every message it accepted")

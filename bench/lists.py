@@ -307,12 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         f"has {members} members ({args.local} local, {args.outside} at the remote MX)"
     )
     text = markdown(rows, plan, report.machine())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lists-latest.md").write_text(text)
-    (args.out / "lists-latest.json").write_text(
-        json.dumps({"plan": plan, "rows": rows, "samples": samples}, indent=1) + "\n"
-    )
-    print(text)
+    report.save_latest(args.out, "lists", text, {"plan": plan, "rows": rows, "samples": samples})
     wrong = [r["kind"] for r in rows if r["copies_delivered"] != r["copies_expected"]]
     if wrong:
         print(f"copies missing or extra for: {', '.join(wrong)}")

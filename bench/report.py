@@ -170,6 +170,14 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
         mg["ratios"] = ratios
 
 
+def save_latest(out: Path, stem: str, text: str, data: dict[str, Any]) -> None:
+    """A side benchmark's result: `<stem>-latest.md` (the table) and `.json`; the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}-latest.md").write_text(text)
+    (out / f"{stem}-latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(text)
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     for text in Path("/proc/cpuinfo").read_text().splitlines():

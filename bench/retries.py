@@ -144,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"a second time; {args.concurrency} concurrent senders; memo_ttl at its default"
     )
     text = markdown(row, plan, report.machine())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "retries-latest.md").write_text(text)
-    (args.out / "retries-latest.json").write_text(
-        json.dumps({"plan": plan, "row": row}, indent=1) + "\n"
-    )
-    print(text)
+    report.save_latest(args.out, "retries", text, {"plan": plan, "row": row})
     expected_accepted = args.fresh + args.retried + args.resent
     if row["accepted"] != expected_accepted or row["spamd_calls_per_accepted"] > 1.0:
         print(f"expected {expected_accepted} accepted and at most one spamd call per message")
