@@ -103,7 +103,7 @@ class BackendUnavailable(Exception):
         detail = str(self)
         if self.after_data:
             detail += "; after the message was sent, so it may have been delivered"
-        missing = NotAttempted(self.reason, detail)
+        missing = NotAttempted(self.reason, detail, maybe_delivered=self.after_data)
         return {
             r: self.partial[r].reply if r in self.partial else missing
             for r in unique(list(recipients))

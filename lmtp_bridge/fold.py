@@ -161,8 +161,11 @@ def _why_deferred(rcpt: str, o: Outcome) -> str:
     if isinstance(o, NotAttempted):
         if o.reason is NotAttemptedReason.NO_ROUTE:
             return f"No mailbox server known for <{rcpt}>"
+        after = " after the message was sent" if o.maybe_delivered else ""
         if o.reason is NotAttemptedReason.TIMEOUT:
-            return "Mailbox server did not answer in time"
+            return f"Mailbox server did not answer in time{after}"
+        if o.maybe_delivered:
+            return f"Mailbox server connection lost{after}"
         return "Mailbox server unreachable"
     return f"Mailbox server deferred <{rcpt}>: {_clean(str(o))}"
 
@@ -238,7 +241,10 @@ class _Fold:
     def _nothing_delivered_transient(self) -> FoldDecision:
         first = self.transient[0]
         outcome = self.outcomes[first]
-        text = f"{_why_deferred(first, outcome)}; nothing was delivered, please try again later"
+        uncertain = isinstance(outcome, NotAttempted) and outcome.maybe_delivered
+        # Never claim "nothing was delivered" when the backend died after taking the message.
+        done = "delivery is uncertain" if uncertain else "nothing was delivered"
+        text = f"{_why_deferred(first, outcome)}; {done}, please try again later"
         if len(self.transient) > 1:
             text += f" ({len(self.transient)} recipients deferred, first shown)"
         extra = f", {len(self.permanent)} refused permanently" if self.permanent else ""

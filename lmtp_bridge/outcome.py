@@ -28,6 +28,10 @@ class NotAttempted:
 
     reason: NotAttemptedReason
     detail: str = ""
+    # The connection failed after the whole message was sent: the backend may have stored it
+    # before it went (a crash between storing and answering). A retry is still right; Cyrus
+    # drops the copy it already has, unless it died before recording it.
+    maybe_delivered: bool = False
 
     def __str__(self) -> str:
         base = f"not attempted: {self.reason.value}"

@@ -5,6 +5,11 @@ is delivered". So: a message that got 250 must be in its mailbox (else it is *lo
 once (else a *duplicate*); a message refused with 5xx must not be there; a message deferred
 with 4xx may or may not be there (its 250 may have been cut short after Cyrus stored it), which
 is harmless because the sender's retry carries the same Message-ID and Date and Cyrus drops it.
+Cyrus can only drop it if it recorded it: killed between storing a message and recording it
+(a window of one write), Cyrus stores the retry again. The milter cannot tell that apart from
+a copy Cyrus never got, only that the connection died after the whole message was sent, and
+then it says "delivery is uncertain" in its 451. A duplicate is a failure unless that 451
+announced it.
 Every stored copy must carry the scan milter's headers, which proves nothing got past a dead
 milter unscanned (Postfix must tempfail, not pass).
 """
@@ -25,6 +30,7 @@ from .load import Message
 
 _PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _QUEUE_ID = re.compile(r"queued as \w+")
+UNCERTAIN = "delivery is uncertain"  # the milter's 451 when the LMTP connection died after DATA
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Tally:
     unresolved: int
     stored_final: int
     duplicates_final: int
+    duplicates_unannounced: int  # of those, copies of messages not told "delivery is uncertain"
     lost_final: int
     refused_but_stored: int
     unscanned: int
@@ -145,6 +152,12 @@ def tally(
         unresolved=sum(1 for m in sent if not m.ever_accepted and _kind(m.final) != "5xx"),
         stored_final=after.stored,
         duplicates_final=after.duplicates,
+        duplicates_unannounced=sum(
+            after.copies[m.message_id] - 1
+            for m in sent
+            if after.copies[m.message_id] > 1
+            and not any(UNCERTAIN in a.reply.text for a in m.attempts)
+        ),
         lost_final=sum(1 for m in final_ok if after.copies[m.message_id] == 0),
         refused_but_stored=sum(
             1 for m in sent if _kind(m.final) == "5xx" and after.copies[m.message_id]

@@ -166,6 +166,16 @@ def test_strict_reject_with_non_local_says_the_whole_message_is_refused() -> Non
         (DOWN, "451 4.4.1 Mailbox server unreachable; nothing was delivered"),
         (SLOW, "451 4.4.1 Mailbox server did not answer in time; nothing was delivered"),
         (NOROUTE, "451 4.4.4 No mailbox server known for <a@x>; nothing was delivered"),
+        (
+            NotAttempted(NotAttemptedReason.UNREACHABLE, "reset", maybe_delivered=True),
+            "451 4.4.1 Mailbox server connection lost after the message was sent; "
+            "delivery is uncertain",
+        ),
+        (
+            NotAttempted(NotAttemptedReason.TIMEOUT, "", maybe_delivered=True),
+            "451 4.4.1 Mailbox server did not answer in time after the message was sent; "
+            "delivery is uncertain",
+        ),
         (T, "451 4.2.2 Mailbox server deferred <a@x>: 452 4.2.2 Over quota; nothing was"),
         (Reply(421, None, ("shutting down",)), "451 4.3.0 Mailbox server deferred <a@x>: 421"),
     ],
