@@ -1,0 +1,215 @@
+"""The local LDAP replica on mx and mailstore hosts (issue 16): two real slapds, one provider
+and one consumer, both configured by the ldap role's own template, StartTLS between them with
+the consumer verifying the provider's certificate against a test CA.
+
+What the replica is for: the host's daemons keep authenticating and routing while the provider
+is away, and whatever changed on the provider meanwhile reaches the replica when they meet
+again, whichever side was away. The steps share one pair of daemons (starting them is most of
+the cost) and run in order; each leaves both running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ldap
+import pytest
+
+from tests.harness.process import LOOPBACK, wait_until
+from tests.harness.slapd import BASE_DN, PEOPLE_DN, ROOT_DN, ldif
+from tests.harness.slapd_role import RoleSlapd, hash_password
+from tests.harness.tls_ca import TestCa
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT_PASSWORD = "provider-root-secret"
+REPLICATOR_DN = f"cn=replicator,{BASE_DN}"
+REPLICATOR_PASSWORD = "replicator-secret"
+SERVICE_DN = f"cn=mailglue,{BASE_DN}"
+SERVICE_PASSWORD = "service-secret"
+
+
+def common_settings() -> dict[str, object]:
+    """The role variables both sides share (the role's defaults, spelled for this base)."""
+    return {
+        "mail_ldap_base_dn": BASE_DN,
+        "mail_ldap_service_dn": SERVICE_DN,
+        "ldap_root_dn": ROOT_DN,
+        "ldap_replicator_dn": REPLICATOR_DN,
+    }
+
+
+def directory_ldif() -> str:
+    """The harness's people, plus the accounts the role creates: service and replicator."""
+    accounts = [
+        f"dn: {dn}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: {dn.split(',')[0].split('=')[1]}\nuserPassword: {password}\n"
+        for dn, password in ((SERVICE_DN, SERVICE_PASSWORD), (REPLICATOR_DN, REPLICATOR_PASSWORD))
+    ]
+    return "\n".join([ldif(), *accounts])
+
+
+class Pair:
+    """The provider and its consumer, as the role sets them up on the ldap and mx hosts."""
+
+    def __init__(self, root: Path) -> None:
+        ca = TestCa(root / "ca")
+        cert, key = ca.issue("provider", [LOOPBACK])
+        self.provider = RoleSlapd(
+            root / "provider",
+            "slapd-provider",
+            {
+                **common_settings(),
+                "ldap_mode": "provider",
+                "ldap_syncprov_enabled": True,
+                "ldap_rootpw": {"hash": hash_password(ROOT_PASSWORD)},
+                "ldap_tls_cert_file": str(cert),
+                "ldap_tls_key_file": str(key),
+            },
+        )
+        # The consumer checks this address against the provider's certificate.
+        provider_uri = self.provider.uri
+        self.consumer = RoleSlapd(
+            root / "consumer",
+            "slapd-consumer",
+            {
+                **common_settings(),
+                "ldap_mode": "consumer",
+                "ldap_syncprov_enabled": False,
+                "ldap_provider_uri": provider_uri,
+                "ldap_provider_ca_file": str(ca.ca_file),
+                "ldap_replica_rid": "001",
+                "ldap_replica_retry": "1 +",  # the role's default waits longer between tries
+                "ldap_replicator_password": REPLICATOR_PASSWORD,
+            },
+        )
+        self.provider.configure(directory_ldif())
+        self.consumer.configure()
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    root = Path(tempfile.mkdtemp(prefix="mailglue-replica-"))
+    root.chmod(0o755)  # slapd runs as openldap and must reach its files
+    p = Pair(root)
+    try:
+        p.provider.start()
+        p.consumer.start()
+        yield p
+    finally:
+        p.consumer.stop()
+        p.provider.stop()
+        if not os.environ.get("MAILGLUE_KEEP_STACK"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def connect(server: RoleSlapd, who: str = SERVICE_DN, password: str = SERVICE_PASSWORD) -> Any:
+    conn = ldap.initialize(server.uri)
+    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 5)
+    conn.set_option(ldap.OPT_REFERRALS, 0)
+    conn.simple_bind_s(who, password)
+    return conn
+
+
+def mails(server: RoleSlapd, uid: str) -> list[str]:
+    """The mail values of a person, as the service account sees them ([] when absent)."""
+    conn = connect(server)
+    try:
+        found = conn.search_s(PEOPLE_DN, ldap.SCOPE_ONELEVEL, f"(uid={uid})", ["mail"])
+    finally:
+        conn.unbind_s()
+    return [v.decode() for _, attrs in found for v in attrs.get("mail", [])]
+
+
+def add_person(server: RoleSlapd, uid: str, password: str) -> None:
+    conn = connect(server, ROOT_DN, ROOT_PASSWORD)
+    try:
+        conn.add_s(
+            f"uid={uid},{PEOPLE_DN}",
+            [
+                ("objectClass", [b"inetOrgPerson"]),
+                ("uid", [uid.encode()]),
+                ("cn", [uid.encode()]),
+                ("sn", [uid.encode()]),
+                ("mail", [f"{uid}@example.org".encode()]),
+                ("userPassword", [password.encode()]),
+            ],
+        )
+    finally:
+        conn.unbind_s()
+
+
+def replicated(server: RoleSlapd, uid: str, timeout: float = 20) -> None:
+    wait_until(
+        lambda: mails(server, uid) == [f"{uid}@example.org"],
+        timeout=timeout,
+        what=f"{uid} on {server.name}",
+    )
+
+
+def can_bind(server: RoleSlapd, uid: str, password: str) -> bool:
+    try:
+        connect(server, f"uid={uid},{PEOPLE_DN}", password).unbind_s()
+    except ldap.INVALID_CREDENTIALS:
+        return False
+    return True
+
+
+def first_refresh_done(server: RoleSlapd) -> bool:
+    """Every person there, read by the service account (which itself arrives in the refresh)."""
+    try:
+        return all(mails(server, uid) for uid in ("alice", "bob", "carol"))
+    except ldap.INVALID_CREDENTIALS:
+        return False
+
+
+def test_an_entry_added_on_the_provider_reaches_the_consumer(pair: Pair) -> None:
+    wait_until(lambda: first_refresh_done(pair.consumer), what="the consumer's first refresh")
+    assert mails(pair.consumer, "alice") == ["alice@example.org", "alice.liddell@example.org"]
+    add_person(pair.provider, "erin", "erin-secret")
+    replicated(pair.consumer, "erin")
+    assert can_bind(pair.consumer, "erin", "erin-secret")
+
+
+def test_the_consumer_is_read_only_and_refers_writes_to_the_provider(pair: Pair) -> None:
+    conn = connect(pair.consumer, f"uid=bob,{PEOPLE_DN}", "bob-secret")
+    try:
+        with pytest.raises(ldap.REFERRAL) as refused:
+            conn.modify_s(f"uid=bob,{PEOPLE_DN}", [(ldap.MOD_REPLACE, "cn", [b"Robert"])])
+    finally:
+        conn.unbind_s()
+    referral = str(refused.value)
+    assert pair.provider.uri.rstrip("/") in referral
+    assert mails(pair.provider, "bob") == mails(pair.consumer, "bob")
+
+
+def test_the_consumer_answers_while_the_provider_is_down(pair: Pair) -> None:
+    pair.provider.stop()
+    try:
+        assert mails(pair.consumer, "carol") == ["carol@example.org"]
+        assert can_bind(pair.consumer, "carol", "carol-secret")
+        assert not can_bind(pair.consumer, "carol", "wrong")
+    finally:
+        pair.provider.start()
+
+
+def test_a_change_made_while_the_consumer_was_down_arrives_when_it_returns(pair: Pair) -> None:
+    pair.consumer.stop()
+    try:
+        add_person(pair.provider, "frank", "frank-secret")
+    finally:
+        pair.consumer.start()
+    replicated(pair.consumer, "frank")
+    assert can_bind(pair.consumer, "frank", "frank-secret")
+
+
+def test_a_change_after_the_provider_returns_reaches_the_waiting_consumer(pair: Pair) -> None:
+    pair.provider.stop()  # the consumer's session ends; it retries on its own
+    pair.provider.start()
+    add_person(pair.provider, "grace", "grace-secret")
+    replicated(pair.consumer, "grace")  # the consumer's retry found the provider again
