@@ -74,22 +74,29 @@ class Pair:
         )
         # The consumer checks this address against the provider's certificate.
         provider_uri = self.provider.uri
-        self.consumer = RoleSlapd(
-            root / "consumer",
-            "slapd-consumer",
-            {
-                **common_settings(),
-                "ldap_mode": "consumer",
-                "ldap_syncprov_enabled": False,
-                "ldap_provider_uri": provider_uri,
-                "ldap_provider_ca_file": str(ca.ca_file),
-                "ldap_replica_rid": "001",
-                "ldap_replica_retry": "1 +",  # the role's default waits longer between tries
-                "ldap_replicator_password": REPLICATOR_PASSWORD,
-            },
-        )
+        self.consumer = consumer(root / "consumer", provider_uri, ca.ca_file)
+        # The same, trusting another CA than the one that signed the provider's certificate.
+        self.untrusting = consumer(root / "untrusting", provider_uri, TestCa(root / "ca2").ca_file)
         self.provider.configure(directory_ldif())
         self.consumer.configure()
+        self.untrusting.configure()
+
+
+def consumer(root: Path, provider_uri: str, ca_file: Path) -> RoleSlapd:
+    return RoleSlapd(
+        root,
+        f"slapd-{root.name}",
+        {
+            **common_settings(),
+            "ldap_mode": "consumer",
+            "ldap_syncprov_enabled": False,
+            "ldap_provider_uri": provider_uri,
+            "ldap_provider_ca_file": str(ca_file),
+            "ldap_replica_rid": "001",
+            "ldap_replica_retry": "1 +",  # the role's default waits longer between tries
+            "ldap_replicator_password": REPLICATOR_PASSWORD,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +109,7 @@ def pair() -> Iterator[Pair]:
         p.consumer.start()
         yield p
     finally:
+        p.untrusting.stop()
         p.consumer.stop()
         p.provider.stop()
         if not os.environ.get("MAILGLUE_KEEP_STACK"):
@@ -213,3 +221,29 @@ def test_a_change_after_the_provider_returns_reaches_the_waiting_consumer(pair: 
     pair.provider.start()
     add_person(pair.provider, "grace", "grace-secret")
     replicated(pair.consumer, "grace")  # the consumer's retry found the provider again
+
+
+def test_a_consumer_that_cannot_verify_the_provider_copies_nothing(pair: Pair) -> None:
+    pair.untrusting.start()
+    try:
+        wait_until(
+            lambda: "ldap_start_tls failed" in pair.untrusting.log_path.read_text(),
+            what="the untrusting consumer's TLS failure",
+        )
+        conn = ldap.initialize(pair.untrusting.uri)
+        try:
+            found = conn.search_s(BASE_DN, ldap.SCOPE_BASE)
+        except ldap.NO_SUCH_OBJECT:
+            found = []
+        assert found == []
+    finally:
+        pair.untrusting.stop()
+
+
+def test_the_replicator_reads_nothing_without_tls(pair: Pair) -> None:
+    conn = connect(pair.provider, REPLICATOR_DN, REPLICATOR_PASSWORD)
+    try:
+        with pytest.raises(ldap.NO_SUCH_OBJECT):  # the ACL shows it nothing, not even the base
+            conn.search_s(PEOPLE_DN, ldap.SCOPE_ONELEVEL, "(uid=alice)")
+    finally:
+        conn.unbind_s()
