@@ -34,8 +34,16 @@ def render_role_conf(settings: Mapping[str, object]) -> str:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
+    env.filters["bool"] = ansible_bool
     context = {"ansible_managed": "rendered by tests/harness/slapd_role.py", **settings}
     return env.get_template(TEMPLATE.name).render(context)
+
+
+def ansible_bool(value: object) -> bool:
+    """Ansible's `bool` filter: a switch set on the command line arrives as a string."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("yes", "on", "1", "true", "y", "t")
+    return bool(value)
 
 
 def relocate(conf: str, root: Path) -> str:
