@@ -152,6 +152,14 @@ def add_person(server: RoleSlapd, uid: str, password: str) -> None:
         conn.unbind_s()
 
 
+def delete_person(server: RoleSlapd, uid: str) -> None:
+    conn = connect(server, ROOT_DN, ROOT_PASSWORD)
+    try:
+        conn.delete_s(f"uid={uid},{PEOPLE_DN}")
+    finally:
+        conn.unbind_s()
+
+
 def replicated(server: RoleSlapd, uid: str, timeout: float = 20) -> None:
     wait_until(
         lambda: mails(server, uid) == [f"{uid}@example.org"],
@@ -210,10 +218,13 @@ def test_a_change_made_while_the_consumer_was_down_arrives_when_it_returns(pair:
     pair.consumer.stop()
     try:
         add_person(pair.provider, "frank", "frank-secret")
+        delete_person(pair.provider, "erin")  # a user who left must stop logging in
     finally:
         pair.consumer.start()
     replicated(pair.consumer, "frank")
     assert can_bind(pair.consumer, "frank", "frank-secret")
+    wait_until(lambda: mails(pair.consumer, "erin") == [], what="erin gone from the consumer")
+    assert not can_bind(pair.consumer, "erin", "erin-secret")
 
 
 def test_a_change_after_the_provider_returns_reaches_the_waiting_consumer(pair: Pair) -> None:
