@@ -10,9 +10,6 @@ the cost) and run in order; each leaves both running.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import ldap
 import pytest
 
+from tests.harness.logs import DaemonLogs
 from tests.harness.process import LOOPBACK, wait_until
 from tests.harness.slapd import BASE_DN, PEOPLE_DN, ROOT_DN, ldif
 from tests.harness.slapd_role import RoleSlapd, hash_password
@@ -100,10 +98,11 @@ def consumer(root: Path, provider_uri: str, ca_file: Path) -> RoleSlapd:
 
 
 @pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    root = Path(tempfile.mkdtemp(prefix="mailglue-replica-"))
-    root.chmod(0o755)  # slapd runs as openldap and must reach its files
-    p = Pair(root)
+def pair(stack_root: Path, daemon_logs: DaemonLogs) -> Iterator[Pair]:
+    """In the session's directory, which slapd's user can reach and the session removes."""
+    p = Pair(stack_root / "ldap-replica")
+    for server in (p.provider, p.consumer, p.untrusting):
+        daemon_logs.register(server.name, server.log_path)  # shown when a test fails
     try:
         p.provider.start()
         p.consumer.start()
@@ -112,8 +111,6 @@ def pair() -> Iterator[Pair]:
         p.untrusting.stop()
         p.consumer.stop()
         p.provider.stop()
-        if not os.environ.get("MAILGLUE_KEEP_STACK"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def connect(server: RoleSlapd, who: str = SERVICE_DN, password: str = SERVICE_PASSWORD) -> Any:
