@@ -14,16 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import ldap
 import pytest
+import yaml
 
 from tests.harness.logs import DaemonLogs
-from tests.harness.process import LOOPBACK, wait_until
+from tests.harness.process import LOOPBACK, run, wait_until
 from tests.harness.slapd import BASE_DN, PEOPLE_DN, ROOT_DN, ldif
 from tests.harness.slapd_role import RoleSlapd, hash_password
 from tests.harness.tls_ca import TestCa
 
 pytestmark = pytest.mark.timeout(120)
+
+TLS_TASKS = Path(__file__).resolve().parents[2] / "ansible/roles/mail/tasks/tls.yml"
 
 ROOT_PASSWORD = "provider-root-secret"
 REPLICATOR_DN = f"cn=replicator,{BASE_DN}"
@@ -58,18 +62,7 @@ class Pair:
     def __init__(self, root: Path) -> None:
         ca = TestCa(root / "ca")
         cert, key = ca.issue("provider", [LOOPBACK])
-        self.provider = RoleSlapd(
-            root / "provider",
-            "slapd-provider",
-            {
-                **common_settings(),
-                "ldap_mode": "provider",
-                "ldap_syncprov_enabled": True,
-                "ldap_rootpw": {"hash": hash_password(ROOT_PASSWORD)},
-                "ldap_tls_cert_file": str(cert),
-                "ldap_tls_key_file": str(key),
-            },
-        )
+        self.provider = provider(root / "provider", cert, key)
         # The consumer checks this address against the provider's certificate.
         provider_uri = self.provider.uri
         self.consumer = consumer(root / "consumer", provider_uri, ca.ca_file)
@@ -78,6 +71,21 @@ class Pair:
         self.provider.configure(directory_ldif())
         self.consumer.configure()
         self.untrusting.configure()
+
+
+def provider(root: Path, cert: Path, key: Path) -> RoleSlapd:
+    return RoleSlapd(
+        root,
+        f"slapd-{root.name}",
+        {
+            **common_settings(),
+            "ldap_mode": "provider",
+            "ldap_syncprov_enabled": True,
+            "ldap_rootpw": {"hash": hash_password(ROOT_PASSWORD)},
+            "ldap_tls_cert_file": str(cert),
+            "ldap_tls_key_file": str(key),
+        },
+    )
 
 
 def consumer(root: Path, provider_uri: str, ca_file: Path) -> RoleSlapd:
@@ -255,3 +263,46 @@ def test_the_replicator_reads_nothing_without_tls(pair: Pair) -> None:
             conn.search_s(PEOPLE_DN, ldap.SCOPE_ONELEVEL, "(uid=alice)")
     finally:
         conn.unbind_s()
+
+
+def role_self_signed_certificate(root: Path) -> tuple[Path, Path]:
+    """The certificate the mail role generates when the inventory gives none, made with the
+    role's own openssl command line (tasks/tls.yml): the split layout's default provider
+    certificate, which a consumer then trusts as it is."""
+    tasks = yaml.safe_load(TLS_TASKS.read_text())
+    (generate,) = [t for t in tasks if t["name"].startswith("Generate a self-signed")]
+    cert, key = root / "self-signed.crt", root / "self-signed.key"
+    settings = {
+        "mail_hostname": "mail.example.org",
+        "mail_tls_cert_file": str(cert),
+        "mail_tls_key_file": str(key),
+    }
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    argv = [
+        env.from_string(a).render(settings) for a in generate["ansible.builtin.command"]["argv"]
+    ]
+    root.mkdir(parents=True, exist_ok=True)
+    run(argv)
+    key.chmod(0o644)  # the role gives it to group ssl-cert, which openldap joins; a test key
+    return cert, key
+
+
+def test_a_consumer_trusts_the_self_signed_certificate_the_mail_role_makes(
+    stack_root: Path, daemon_logs: DaemonLogs
+) -> None:
+    root = stack_root / "ldap-replica-self-signed"
+    cert, key = role_self_signed_certificate(root / "tls")
+    own = provider(root / "provider", cert, key)
+    # ldap_provider_ca_content left empty: the provider's certificate file, copied.
+    follower = consumer(root / "consumer", own.uri, cert)
+    own.configure(directory_ldif())
+    follower.configure()
+    for server in (own, follower):
+        daemon_logs.register(server.name, server.log_path)
+    try:
+        own.start()
+        follower.start()
+        wait_until(lambda: first_refresh_done(follower), what="a refresh over the self-signed TLS")
+    finally:
+        follower.stop()
+        own.stop()
