@@ -4,6 +4,7 @@ names, signed by a CA the client under test is told to trust (and no one else do
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from pathlib import Path
 
 from cryptography import x509
@@ -14,6 +15,13 @@ from cryptography.x509.oid import NameOID
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 class TestCa:
@@ -53,7 +61,12 @@ class TestCa:
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, stem: str, names: list[str]) -> tuple[Path, Path]:
-        """A server certificate for `names` (DNS subjectAltNames): (cert file, key file)."""
+        """A server certificate for `names`: (cert file, key file).
+
+        Each name becomes a DNS subjectAltName, or an IP one when it is an address (libldap
+        checks a server it reaches as "localhost" against the machine's own host name, so an
+        LDAP client is pointed at 127.0.0.1 instead).
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -64,7 +77,7 @@ class TestCa:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+            .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]), False)
             .add_extension(
                 x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
