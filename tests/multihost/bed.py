@@ -336,6 +336,10 @@ def wait_booted(host: Host, key: Path, timeout: float = 120) -> str:
 HOST_VARS = {
     "spamassassin_allowed_ips": f"127.0.0.1,{SUBNET}",
     "mail_service_manager": "systemd",
+    # As in the single inventory, for the same reason: the only DNS reachable from here is this
+    # machine's resolver, which answers without DNSSEC, so unbound forwards to it unvalidated.
+    "resolver_forward_to_upstream": True,
+    "resolver_root_trust_anchor": False,
 }
 
 
