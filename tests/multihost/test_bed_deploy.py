@@ -7,8 +7,10 @@ them running afterwards, for a look inside (`python -m tests.multihost.bed down`
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -144,21 +146,62 @@ def test_mail_through_each_mx_reaches_the_mailbox(deployed: dict[str, Any]) -> N
         pass
     outcomes = {}
     for mx in (h for h in hosts() if "mx" in h.groups):
-        subject = f"via {mx.name} {uuid.uuid4().hex[:10]}"
-        msg = EmailMessage()
-        msg["From"] = "friend@example.net"
-        msg["To"] = "alice@example.org"
-        msg["Subject"] = subject
-        msg.set_content("hello from the bed\n")
-        tx = send(
-            (mx.address, 25),
-            "friend@example.net",
-            ["alice@example.org"],
-            msg.as_bytes(),
-            starttls=True,
-        )
-        code = tx.data.code if tx.data is not None else None
-        found = code == 250 and imap_find(store.address, "alice", password, subject, 60)
+        code, found = send_to_alice(mx, store, password)
         outcomes[mx.fqdn] = (code, found)
         RESULTS.append((mx.fqdn, "25 -> IMAPS", f"DATA {code}, in INBOX: {found}"))
     assert all(code == 250 and found for code, found in outcomes.values()), outcomes
+
+
+def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
+    subject = f"via {mx.name} {uuid.uuid4().hex[:10]}"
+    msg = EmailMessage()
+    msg["From"] = "friend@example.net"
+    msg["To"] = "alice@example.org"
+    msg["Subject"] = subject
+    msg.set_content("hello from the bed\n")
+    sender, rcpt = "friend@example.net", ["alice@example.org"]
+    tx = send((mx.address, 25), sender, rcpt, msg.as_bytes(), starttls=True)
+    code = tx.data.code if tx.data is not None else None
+    return code, code == 250 and imap_find(store.address, "alice", password, subject, 60)
+
+
+def last_event(host: bed.Host) -> dict[str, Any]:
+    line = bed.ssh(host, bed.ensure_key(), "tail -n 1 /var/log/mailglue/milter.log").stdout
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+def test_a_stopped_scanner_fails_over_to_the_other(deployed: dict[str, Any]) -> None:
+    scanners = [h for h in hosts() if "scanners" in h.groups]
+    if len(scanners) < 2:
+        pytest.skip("one scanner host: nothing to fail over to")
+    key = bed.ensure_key()
+    mx = next(h for h in hosts() if "mx" in h.groups)
+    store = next(h for h in hosts() if "mailstore" in h.groups)
+    bed.ssh(scanners[0], key, "systemctl stop spamd clamd", check=True)
+    try:
+        code, found = send_to_alice(mx, store, users()["alice"])
+        event = last_event(mx)
+    finally:
+        bed.ssh(scanners[0], key, "systemctl start spamd clamd", check=True)
+    used = (event["spam"]["backend"], event["virus"]["backend"])
+    RESULTS.append((scanners[0].fqdn, "stopped: mail via", f"{used}, DATA {code}, found {found}"))
+    assert code == 250 and found
+    assert all(scanners[1].fqdn in backend for backend in used), used
+
+
+def test_a_stopped_mx_leaves_the_other_serving(deployed: dict[str, Any]) -> None:
+    mxs = [h for h in hosts() if "mx" in h.groups]
+    if len(mxs) < 2:
+        pytest.skip("one MX host")
+    key = bed.ensure_key()
+    store = next(h for h in hosts() if "mailstore" in h.groups)
+    bed.ssh(mxs[0], key, "systemctl stop postfix", check=True)
+    try:
+        with pytest.raises(OSError):
+            socket.create_connection((mxs[0].address, 25), timeout=5).close()
+        code, found = send_to_alice(mxs[1], store, users()["alice"])
+    finally:
+        bed.ssh(mxs[0], key, "systemctl start postfix", check=True)
+    RESULTS.append((mxs[0].fqdn, "stopped: other MX", f"DATA {code}, found {found}"))
+    assert code == 250 and found
