@@ -239,8 +239,17 @@ def ensure_image() -> str:
 # --- network, key, containers --------------------------------------------------------------------
 
 
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
 def ensure_network() -> None:
+    """The bed's own bridge. CNI turns IPv4 forwarding on for it and never back off: the value
+    before is kept, and `down` puts it back."""
     if run([*PODMAN, "network", "exists", NETWORK], check=False).returncode != 0:
+        STATE.mkdir(parents=True, exist_ok=True)
+        saved = STATE / "ip_forward.before"
+        if not saved.exists():
+            saved.write_text(IP_FORWARD.read_text())
         log(f"creating podman network {NETWORK} ({SUBNET})")
         run([*PODMAN, "network", "create", "--subnet", SUBNET, NETWORK], capture=True)
 
@@ -416,6 +425,11 @@ def down() -> None:
     if run([*PODMAN, "network", "exists", NETWORK], check=False).returncode == 0:
         log(f"removing network {NETWORK}")
         run([*PODMAN, "network", "rm", NETWORK], capture=True)
+    saved = STATE / "ip_forward.before"
+    if saved.exists():
+        log(f"IPv4 forwarding back to {saved.read_text().strip()}")
+        IP_FORWARD.write_text(saved.read_text())
+        saved.unlink()
 
 
 def status() -> None:
