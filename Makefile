@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ANSIBLE_VENV := .venv-ansible
 ANSIBLE_STAMP := $(ANSIBLE_VENV)/.installed
 
-.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test test-multihost bench bench-quick bench-lists bench-auth up down clean
+.PHONY: deps debian-packages venv ansible-venv lint ansible-lint typecheck unit test deploy-test bench bench-quick bench-lists bench-auth up down clean
 
 deps: debian-packages venv ansible-venv
 
@@ -89,6 +89,7 @@ deploy-test: deps
 # deploys site.yml twice, sends mail through each MX, prints a table per host. Not part of
 # `make test`. MAILGLUE_BED_LAYOUT=single puts every group on one host; MAILGLUE_BED_KEEP=1
 # leaves the containers running (`$(VPY) -m tests.multihost.bed down` removes them).
+.PHONY: test-multihost
 test-multihost: deps
 	MAILGLUE_MULTIHOST=1 $(VENV)/bin/pytest -ra -p no:cacheprovider tests/multihost
 
