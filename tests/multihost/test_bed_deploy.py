@@ -113,15 +113,21 @@ def test_mailglue_daemons_are_notify_units_that_reload(deployed: dict[str, Any])
     key = bed.ensure_key()
     for host in (h for h in hosts() if "mx" in h.groups):
         for unit in ("mailglue-milter", "mailglue-policy"):
-            show = f"systemctl show -p Type -p ActiveState -p MainPID --value {unit}"
-            before = bed.ssh(host, key, show).stdout.decode().split()
+            before = unit_state(host, unit)
             reload = bed.ssh(host, key, f"systemctl reload {unit}")
             time.sleep(1)
-            after = bed.ssh(host, key, show).stdout.decode().split()
+            after = unit_state(host, unit)
             RESULTS.append((host.fqdn, f"{unit} reload", f"{before} -> {after}"))
             assert reload.returncode == 0, reload.stderr
-            assert before[0] == "notify" and before[1] == "active", before
+            assert before["Type"] == "notify" and before["ActiveState"] == "active", before
             assert after == before, (before, after)
+
+
+def unit_state(host: bed.Host, unit: str) -> dict[str, str]:
+    """Type, ActiveState, MainPID (by name: `systemctl show` prints them in its own order)."""
+    show = f"systemctl show -p Type -p ActiveState -p MainPID {unit}"
+    lines = bed.ssh(host, bed.ensure_key(), show).stdout.decode().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
 def imap_find(host: str, user: str, password: str, subject: str, timeout: float) -> bool:
