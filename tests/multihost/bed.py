@@ -430,6 +430,23 @@ def down() -> None:
         log(f"IPv4 forwarding back to {saved.read_text().strip()}")
         IP_FORWARD.write_text(saved.read_text())
         saved.unlink()
+    remove_cni_chains()
+
+
+def remove_cni_chains() -> None:
+    """CNI's firewall plugin leaves its two filter chains (and FORWARD's jump to them) behind
+    once its last network is gone; take them away when no container at all is left."""
+    if run([*PODMAN, "ps", "-a", "-q"], capture=True).stdout.strip():
+        return
+    jump = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules"]
+    while (
+        run(["iptables", "-D", *jump, "-j", "CNI-FORWARD"], check=False, capture=True).returncode
+        == 0
+    ):
+        pass
+    for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+        run(["iptables", "-F", chain], check=False, capture=True)
+        run(["iptables", "-X", chain], check=False, capture=True)
 
 
 def status() -> None:
