@@ -91,5 +91,13 @@ down:
 deploy-test: deps
 	$(VENV)/bin/pytest -ra tests/deploy
 
+# The split inventory on Debian 12 containers with systemd (podman, runc; tests/multihost/bed.py):
+# deploys site.yml twice, sends mail through each MX, prints a table per host. Not part of
+# `make test`. MAILGLUE_BED_LAYOUT=single puts every group on one host; MAILGLUE_BED_KEEP=1
+# leaves the containers running (`$(VPY) -m tests.multihost.bed down` removes them).
+.PHONY: test-multihost
+test-multihost: deps
+	MAILGLUE_MULTIHOST=1 $(VENV)/bin/pytest -ra -p no:cacheprovider tests/multihost
+
 clean:
 	rm -rf $(VENV) $(ANSIBLE_VENV) .mypy_cache .ruff_cache .pytest_cache

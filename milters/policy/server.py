@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from milters.common.configkit import ConfigError
 from milters.common.directory import LdapDirectory
 from milters.common.jsonlog import EventLog
+from milters.common.lifecycle import sd_notify
 from milters.common.listmap import ListMap
 from milters.common.mailman import MailmanRest
 from milters.common.prometheus import serve as serve_metrics
@@ -305,10 +306,22 @@ async def serve(config: PolicyConfig, backends_factory: BackendsFactory = defaul
         serve_metrics(config.metrics_listen, metrics.registry)
     server = PolicyServer(config, EventLog(config.log_file), backends_factory, metrics=metrics)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        sd_notify("STOPPING=1")
+        server.stop()
+
+    def reload() -> None:
+        sd_notify("RELOADING=1")
+        server.reload()
+        sd_notify("READY=1")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.stop)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await server.start()
+    # Type=notify under systemd: units ordered after this one start once it listens.
+    sd_notify("READY=1")
     await server.serve_until_stopped()
 
 

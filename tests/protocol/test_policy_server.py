@@ -537,6 +537,41 @@ def test_process_sighup_reload_and_sigterm_exit(tmp_path: Path) -> None:
     assert "never-log-me" not in log.read_text()
 
 
+def test_process_tells_systemd_ready_reloading_stopping(tmp_path: Path) -> None:
+    """Type=notify: READY=1 only once the socket listens; RELOADING=1/READY=1 around SIGHUP."""
+    sock = tmp_path / "policy.sock"
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        f"policy: {{listen: 'unix:{sock}', local_domains: [example.org]}}\n"
+        "ldap: {uri: 'ldap://127.0.0.1:9/', base: 'dc=x', timeout: 1,"
+        " bind_dn: 'cn=x', bind_password: 'x'}\n"
+        f"log: {{file: '{tmp_path / 'policy.log'}'}}\n"
+    )
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(15)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mailglue")), "policy", "--config", str(path)],
+            env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert listener.recv(4096) == b"READY=1"
+            assert sock.exists()  # it said ready after it listened, not before
+            os.kill(proc.pid, signal.SIGHUP)
+            assert listener.recv(4096) == b"RELOADING=1"
+            assert listener.recv(4096) == b"READY=1"
+            os.kill(proc.pid, signal.SIGTERM)
+            assert listener.recv(4096) == b"STOPPING=1"
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_threads_do_not_leak_between_servers(tmp_path: Path) -> None:
     before = threading.active_count()
 
