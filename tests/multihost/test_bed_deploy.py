@@ -211,3 +211,31 @@ def test_a_stopped_mx_leaves_the_other_serving(deployed: dict[str, Any]) -> None
         bed.ssh(mxs[0], key, "systemctl start postfix", check=True)
     RESULTS.append((mxs[0].fqdn, "stopped: other MX", f"DATA {code}, found {found}"))
     assert code == 250 and found
+
+
+def test_with_the_directory_host_stopped_mail_flows_and_members_log_in(
+    deployed: dict[str, Any],
+) -> None:
+    """Each mx and mailstore reads its own replica on loopback: the provider's slapd stopped,
+    the policy still knows alice (RCPT), the milter routes her mail, Cyrus's saslauthd still
+    checks her password (the IMAPS login that finds the message)."""
+    providers = [h for h in hosts() if "ldap" in h.groups]
+    readers = [h for h in hosts() if {"mx", "mailstore"} & set(h.groups)]
+    if any("ldap" in h.groups for h in readers):
+        pytest.skip("the directory shares a host with mail: no replica to fall back on")
+    key = bed.ensure_key()
+    store = next(h for h in readers if "mailstore" in h.groups)
+    for provider in providers:
+        bed.ssh(provider, key, "systemctl stop slapd", check=True)
+    try:
+        outcomes = {
+            mx.fqdn: send_to_alice(mx, store, users()["alice"])
+            for mx in readers
+            if "mx" in mx.groups
+        }
+    finally:
+        for provider in providers:
+            bed.ssh(provider, key, "systemctl start slapd", check=True)
+    for fqdn, (code, found) in outcomes.items():
+        RESULTS.append((fqdn, "directory stopped", f"DATA {code}, found {found}"))
+    assert all(code == 250 and found for code, found in outcomes.values()), outcomes
