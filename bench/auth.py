@@ -36,7 +36,7 @@ from . import meter, report
 from .corpus import RECIPIENT, template
 from .load import Result, run_parallel, smtp_one
 from .meter import Meter, ProcessGroup
-from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, process_group
+from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, milter_config, process_group
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("checked", "unchecked")
@@ -72,17 +72,7 @@ class AuthStack:
             milter = ScanMilter(
                 self.root / f"milter-{name}",
                 port,
-                {
-                    "milter": {"hostname": "mx.example.org"},
-                    "spam": {"backends": [f"inet:{self.spamd.host}:{self.spamd.port}"]},
-                    "virus": {"backends": [f"unix:{self.clamd.socket_path}"]},
-                    "delivery": {
-                        "mode": "lmtp",
-                        "local_domains": ["example.org"],
-                        "lmtp_backend": f"unix:{self.cyrus.lmtp_socket}",
-                    },
-                    "auth": auth[name],
-                },
+                {**milter_config(self.spamd, self.clamd, self.cyrus), "auth": auth[name]},
             )
             milter.ensure()
             self._stops.append(milter.stop)

@@ -38,7 +38,7 @@ from typing import Any
 from tests.harness.clamd import Clamd
 from tests.harness.cyrus import Cyrus
 from tests.harness.mailman import Mailman
-from tests.harness.milter import ScanMilter
+from tests.harness.milter import ScanMilter, merge
 from tests.harness.postfix import SmtpSink, reinject_service
 from tests.harness.process import LOOPBACK, free_port
 from tests.harness.spamd import Spamd
@@ -47,7 +47,7 @@ from . import meter, report
 from .corpus import RECIPIENT, template
 from .load import Result, smtp_load
 from .meter import Meter, ProcessGroup
-from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, process_group
+from .stack import SPAMD_CHILDREN, BenchPostfix, interleaved, milter_config, process_group
 
 LIST = "staff@example.org"
 RESULTS = Path(__file__).parent / "results"
@@ -87,17 +87,10 @@ class ListStack:
         self.milter = ScanMilter(
             root / "milter",
             milter_port,
-            {
-                "milter": {"hostname": "mx.example.org"},
-                "spam": {"backends": [f"inet:{self.spamd.host}:{self.spamd.port}"]},
-                "virus": {"backends": [f"unix:{self.clamd.socket_path}"]},
-                "delivery": {
-                    "mode": "lmtp",
-                    "local_domains": ["example.org"],
-                    "lmtp_backend": f"unix:{self.cyrus.lmtp_socket}",
-                    "lists_map": str(self.mailman.transport_map),
-                },
-            },
+            merge(
+                milter_config(self.spamd, self.clamd, self.cyrus),
+                {"delivery": {"lists_map": str(self.mailman.transport_map)}},
+            ),
         )
         self.groups = {name: ProcessGroup(name) for name in GROUPS}
         self._stops: list[Any] = []

@@ -42,6 +42,20 @@ class BenchPostfix(Postfix):
 V = TypeVar("V")
 
 
+def milter_config(spamd: Spamd, clamd: Clamd, cyrus: Cyrus, mode: str = "lmtp") -> dict[str, Any]:
+    """The benchmarks' mailglue milter: the shared spamd, clamd and Cyrus (merge extras in)."""
+    return {
+        "milter": {"hostname": "mx.example.org"},
+        "spam": {"backends": [f"inet:{spamd.host}:{spamd.port}"]},
+        "virus": {"backends": [f"unix:{clamd.socket_path}"]},
+        "delivery": {
+            "mode": mode,
+            "local_domains": ["example.org"],
+            "lmtp_backend": f"unix:{cyrus.lmtp_socket}",
+        },
+    }
+
+
 def interleaved(
     variants: Sequence[V],
     reps: int,
@@ -133,16 +147,7 @@ class Stack:
         milter = ScanMilter(
             self.root / name,
             free_port(),
-            {
-                "milter": {"hostname": "mx.example.org"},
-                "spam": {"backends": [f"inet:{self.spamd.host}:{self.spamd.port}"]},
-                "virus": {"backends": [f"unix:{self.clamd.socket_path}"]},
-                "delivery": {
-                    "mode": mode,
-                    "local_domains": ["example.org"],
-                    "lmtp_backend": f"unix:{self.cyrus.lmtp_socket}",
-                },
-            },
+            milter_config(self.spamd, self.clamd, self.cyrus, mode),
         )
         milter.ensure()
         self._stops.append(milter.stop)
