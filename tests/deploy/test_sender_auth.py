@@ -10,7 +10,6 @@ tests/integration/test_sender_auth.py.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.deploy.mailuser import assert_delivered, from_outside, in_folder, message, person, token
 from tests.deploy.stack import DEPLOY_MARKS
+from tests.harness.loopback import address_on_loopback
 
 pytestmark = DEPLOY_MARKS
 
@@ -26,11 +26,8 @@ OUTSIDE_HOST = "198.51.100.25"  # TEST-NET-2 (RFC 5737)
 
 @pytest.fixture(scope="module")
 def outside_host() -> Iterator[str]:
-    subprocess.run(["ip", "addr", "add", f"{OUTSIDE_HOST}/32", "dev", "lo"], check=True)
-    try:
-        yield OUTSIDE_HOST
-    finally:
-        subprocess.run(["ip", "addr", "del", f"{OUTSIDE_HOST}/32", "dev", "lo"], check=False)
+    with address_on_loopback(OUTSIDE_HOST) as address:
+        yield address
 
 
 def test_mail_from_another_host_carries_our_results_and_no_forged_ones(
