@@ -32,7 +32,7 @@ from lmtp_bridge.fold import (
 from lmtp_bridge.outcome import NotAttempted, NotAttemptedReason, Outcome
 from lmtp_bridge.protocol import MailAddressError, RecipientReply, Stage
 from lmtp_bridge.replies import MalformedReply, Reply, ReplyParser
-from lmtp_bridge.routing import NoRoute, RoutePlan, Router
+from lmtp_bridge.routing import NoRoute, RoutePlan, Router, mail_host_backend
 
 __all__ = [
     "BackendAddress",
@@ -65,5 +65,6 @@ __all__ = [
     "Timings",
     "UnixAddress",
     "fold",
+    "mail_host_backend",
     "parse_backend_address",
 ]

@@ -51,6 +51,7 @@ class MailboxConfig:
     positive_ttl: float = 600.0
     negative_ttl: float = 60.0
     cache_size: int = 10000
+    route_attribute: str | None = None  # a member's own mailstore in LDAP, e.g. mailHost
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def _mailbox(reader: ConfigReader) -> MailboxConfig:
         positive_ttl=reader.seconds("positive_ttl", d.positive_ttl, minimum=0),
         negative_ttl=reader.seconds("negative_ttl", d.negative_ttl, minimum=0),
         cache_size=reader.integer("cache_size", d.cache_size, minimum=0),
+        route_attribute=reader.optional_text("route_attribute"),
     )
     reader.finish()
     return config

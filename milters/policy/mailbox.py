@@ -6,6 +6,10 @@ without any message being sent. lmtp_bridge's `LmtpClient.probe` does exactly th
 are cached with separate TTLs: a positive answer stays true for long (mailboxes are rarely
 deleted), a negative one must expire soon, because the user may log in (creating the mailbox)
 at any moment.
+
+A member whose directory entry names a mailstore of its own (the route attribute, e.g.
+`mailHost`, as the milter's delivery reads it) is probed at that store, not the default one:
+asking the wrong Cyrus would refuse every member who lives elsewhere.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from lmtp_bridge import (
+    BackendAddressError,
     BackendUnavailable,
     LmtpClient,
     MailAddressError,
     Timeouts,
+    mail_host_backend,
     parse_backend_address,
 )
 from milters.common.directory import User
@@ -28,6 +34,7 @@ from milters.policy.config import MailboxConfig
 
 __all__ = [
     "LmtpProbe",
+    "LmtpProbes",
     "MailboxCache",
     "MailboxChecker",
     "MailboxFull",
@@ -97,6 +104,29 @@ class LmtpProbe:
             client.close()  # may race a probe in flight on reload; the probe then reconnects
 
 
+class LmtpProbes:
+    """One LmtpProbe per mailstore, made at first use (the default store, and each mailHost)."""
+
+    def __init__(self, helo: str, timeout: float) -> None:
+        self.helo = helo
+        self.timeout = timeout
+        self._probes: dict[Address, LmtpProbe] = {}
+        self._lock = threading.Lock()
+
+    def probe(self, backend: Address, recipient: str) -> bool:
+        with self._lock:
+            lmtp = self._probes.get(backend)
+            if lmtp is None:
+                lmtp = self._probes[backend] = LmtpProbe(backend, self.helo, self.timeout)
+        return lmtp.probe(recipient)
+
+    def close(self) -> None:
+        with self._lock:
+            probes, self._probes = list(self._probes.values()), {}
+        for lmtp in probes:
+            lmtp.close()
+
+
 class MailboxCache:
     """Bounded LRU of answers with a TTL per polarity; TTL 0 disables that polarity."""
 
@@ -143,13 +173,13 @@ class MailboxChecker:
     def __init__(
         self,
         config: MailboxConfig,
-        probe: Callable[[str], bool] | None = None,
+        probe: Callable[[Address, str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self._lmtp: LmtpProbe | None = None
+        self._lmtp: LmtpProbes | None = None
         if probe is None:
-            self._lmtp = LmtpProbe(config.lmtp, config.helo, config.timeout)
+            self._lmtp = LmtpProbes(config.helo, config.timeout)
             probe = self._lmtp.probe
         self._probe = probe
         self._cache = MailboxCache(
@@ -160,15 +190,27 @@ class MailboxChecker:
     def exists(self, user: User, address: str) -> tuple[bool, bool]:
         """(exists, answered from cache). Raises MailboxUnavailable, or MailboxFull (never
         cached: the user may make room at any moment)."""
-        key = probe_recipient(self.config.probe_recipient, user, address).lower()
+        backend = self.store(user)
+        recipient = probe_recipient(self.config.probe_recipient, user, address).lower()
+        key = f"{backend} {recipient}"
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached, True
-        exists = self._probe(key)
+        exists = self._probe(backend, recipient)
         with self._lock:
             self._cache.put(key, exists)
         return exists, False
+
+    def store(self, user: User) -> Address:
+        """The user's own mailstore when the directory names one, else the default."""
+        if user.route is None:
+            return self.config.lmtp
+        try:
+            return mail_host_backend(user.route)
+        except BackendAddressError as exc:
+            problem = f"{user.uid}: unusable mailstore {user.route!r}: {exc}"
+            raise MailboxUnavailable(problem) from exc
 
     def close(self) -> None:
         if self._lmtp is not None:

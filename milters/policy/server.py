@@ -52,7 +52,7 @@ BackendsFactory = Callable[[PolicyConfig, EventLog], Backends]
 
 
 def default_backends(config: PolicyConfig, log: EventLog) -> Backends:
-    directory = LdapDirectory(config.ldap, aliases=config.aliases)
+    directory = LdapDirectory(config.ldap, config.mailbox.route_attribute, config.aliases)
     lists = None
     if config.lists is not None:
 

@@ -22,9 +22,15 @@ class PolicyService:
     """`mailglue policy` on a loopback port, answering for example.org from LDAP and Cyrus."""
 
     def __init__(
-        self, root: Path, ldap_uri: str, lmtp_socket: Path, lists_map: Path | None = None
+        self,
+        root: Path,
+        ldap_uri: str,
+        lmtp_socket: Path,
+        lists_map: Path | None = None,
+        route_attribute: str | None = None,
     ) -> None:
         self.root = root
+        self.route_attribute = route_attribute  # members' own mailstores, e.g. mailHost
         self.lists_map = lists_map  # Mailman's postfix_lmtp: its list addresses are recipients
         self.port = free_port()
         self.config_path = root / "policy.yaml"
@@ -52,6 +58,7 @@ class PolicyService:
         secret.write_text(ROOT_PASSWORD + "\n")
         secret.chmod(0o600)
         lists = f"lists:\n  map: {self.lists_map}\n" if self.lists_map is not None else ""
+        route = f"  route_attribute: {self.route_attribute}\n" if self.route_attribute else ""
         self.config_path.write_text(
             f"""\
 policy:
@@ -68,7 +75,7 @@ mailbox:
   lmtp: unix:{self.lmtp_socket}
   probe_recipient: "{{uid}}"
   timeout: 2
-rate_limits:
+{route}rate_limits:
   sasl_user: {{messages: 0, recipients: 0}}
   client_address: {{messages: 0, recipients: 0}}
 log:

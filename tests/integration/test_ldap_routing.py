@@ -2,13 +2,18 @@
 
 Carol's entry names Cyrus's TCP LMTP service as her mailHost; everyone else goes to the
 default unix socket. The milter logs each recipient's backend, and both copies must arrive.
-With LDAP down, a route cannot be known: 451, not a guess.
+With LDAP down, a route cannot be known: 451, not a guess. The policy service asks each
+member's own store whether the mailbox exists, so carol passes RCPT while the default store
+is gone.
 """
 
 from __future__ import annotations
 
+import socket
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import ldap
 import pytest
@@ -16,6 +21,7 @@ import pytest
 from tests.harness.cyrus import Cyrus
 from tests.harness.messages import build_message, unique_message_id
 from tests.harness.milter import ScanMilter
+from tests.harness.policy import PolicyService
 from tests.harness.postfix import Postfix
 from tests.harness.slapd import PEOPLE_DN, ROOT_DN, ROOT_PASSWORD, Slapd
 from tests.harness.smtp import send
@@ -95,3 +101,43 @@ def test_ldap_down_means_no_route_and_451(
     event = routed_milter.transaction(mid)
     assert "no route" in event["recipients"][0]["reply"]
     assert postfix.queue_is_empty()
+
+
+def policy_action(service: PolicyService, recipient: str) -> str:
+    """Postfix's question at RCPT time, as smtpd asks it."""
+    request = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.1",
+        "sender": "someone@relay.test",
+        "recipient": recipient,
+        "instance": uuid.uuid4().hex,
+    }
+    data = "".join(f"{k}={v}\n" for k, v in request.items()).encode() + b"\n"
+    with socket.create_connection(service.address, timeout=10) as conn:
+        conn.sendall(data)
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = conn.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    return answer.decode().removeprefix("action=").strip()
+
+
+def test_the_policy_asks_each_members_own_mailstore(
+    tmp_path: Path, slapd: Slapd, cyrus: Cyrus, carol_on_tcp: str
+) -> None:
+    """The default store is a socket nobody listens on; carol's mailHost is the live Cyrus."""
+    if "user.carol" not in cyrus.mailboxes():
+        cyrus.create_mailbox("carol")
+    service = PolicyService(
+        tmp_path / "policy", slapd.uri, tmp_path / "no-store.sock", route_attribute="mailHost"
+    )
+    service.start()
+    try:
+        carol = policy_action(service, "carol@example.org")
+        alice = policy_action(service, "alice@example.org")
+    finally:
+        service.stop()
+    assert carol == "DUNNO", carol
+    assert alice.startswith("DEFER_IF_PERMIT 4."), alice

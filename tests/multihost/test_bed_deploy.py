@@ -7,6 +7,7 @@ them running afterwards, for a look inside (`python -m tests.multihost.bed down`
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -24,8 +25,8 @@ import yaml
 
 from tests.deploy.stack import smoke
 from tests.harness.smtp import send
-from tests.multihost import bed
-from tests.multihost.conftest import RESULTS
+from tests.multihost import bed, load
+from tests.multihost.conftest import RECONCILIATION, RESULTS
 
 LAYOUT = os.environ.get("MAILGLUE_BED_LAYOUT", "split")
 ANSIBLE = bed.REPO / "ansible"
@@ -239,3 +240,131 @@ def test_with_the_directory_host_stopped_mail_flows_and_members_log_in(
     for fqdn, (code, found) in outcomes.items():
         RESULTS.append((fqdn, "directory stopped", f"DATA {code}, found {found}"))
     assert all(code == 250 and found for code, found in outcomes.values()), outcomes
+
+
+# --- under load: a fault in the middle, then the count (tests/multihost/load.py) -------------
+
+LOAD_SIZE = 60
+LOAD_SENDERS = 6
+
+
+def mailbox_counts(store: bed.Host, user: str, tag: str) -> collections.Counter[str]:
+    """Copies per subject in the user's INBOX and Junk (spamd may tag a message)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with smoke.imap_login(user, users()[user], host=store.address) as imap:
+        for folder in ("INBOX", "INBOX.Junk"):
+            status, _ = imap.select(folder, readonly=True)
+            if status == "OK":
+                counts += load.stored_subjects(imap, tag)
+    return counts
+
+
+def loaded(
+    fault_name: str,
+    mxs: list[bed.Host],
+    fault: Any,
+    restore: Any,
+) -> load.Reconciliation:
+    """LOAD_SIZE letters to alice over `mxs`; `fault` a third of the way in; `restore` after
+    the first attempts; every 4xx sent again; the mailbox counted before and after."""
+    store = next(h for h in hosts() if "mailstore" in h.groups)
+    tag = f"load {uuid.uuid4().hex[:8]}"
+    letters = [load.Letter(f"{tag} {i:03d}", "alice@example.org") for i in range(LOAD_SIZE)]
+    addresses = [mx.address for mx in mxs]
+    try:
+        done = load.run_load(addresses, letters, LOAD_SENDERS, LOAD_SIZE // 3, fault)
+    finally:
+        restore()
+    time.sleep(2)
+    before_retry = mailbox_counts(store, "alice", tag)
+    load.retry(done, addresses)
+    after = mailbox_counts(store, "alice", tag)
+    counts = load.Reconciliation.of(done.attempts, after, before_retry)
+    RECONCILIATION.append((fault_name, counts))
+    odd = {s: a for s, a in done.attempts.items() if a[0].outcome != load.ACCEPTED}
+    RESULTS.append((fault_name, "first replies other than 250", str(odd)[:300]))
+    return counts
+
+
+def test_reloading_milter_and_policy_under_load_gives_no_4xx(deployed: dict[str, Any]) -> None:
+    """systemctl reload of both mailglue daemons, three times, while six senders send."""
+    mx = next(h for h in hosts() if "mx" in h.groups)
+    key = bed.ensure_key()
+
+    def reloads() -> None:
+        for _ in range(3):
+            for unit in ("mailglue-milter", "mailglue-policy"):
+                bed.ssh(mx, key, f"systemctl reload {unit}", check=True)
+            time.sleep(1)
+
+    counts = loaded(f"{mx.name}: reloads", [mx], reloads, lambda: None)
+    assert counts.accepted == counts.sent, counts  # no 4xx at all
+    assert counts.clean, counts
+
+
+def test_a_scanner_stopped_mid_load_loses_nothing(deployed: dict[str, Any]) -> None:
+    scanners = [h for h in hosts() if "scanners" in h.groups]
+    if len(scanners) < 2:
+        pytest.skip("one scanner host: nothing to fail over to")
+    key = bed.ensure_key()
+    mxs = [h for h in hosts() if "mx" in h.groups]
+    counts = loaded(
+        f"{scanners[0].name} stopped",
+        mxs,
+        lambda: bed.ssh(scanners[0], key, "systemctl stop spamd clamd", check=True),
+        lambda: bed.ssh(scanners[0], key, "systemctl start spamd clamd", check=True),
+    )
+    assert counts.clean, counts
+
+
+def test_an_mx_stopped_mid_load_loses_nothing(deployed: dict[str, Any]) -> None:
+    """Senders move on to the other MX when one refuses connections; sessions the stop cut
+    off are sent again (Cyrus drops a second copy of a message it already has)."""
+    mxs = [h for h in hosts() if "mx" in h.groups]
+    if len(mxs) < 2:
+        pytest.skip("one MX host")
+    key = bed.ensure_key()
+    counts = loaded(
+        f"{mxs[0].name} stopped",
+        mxs,
+        lambda: bed.ssh(mxs[0], key, "systemctl stop postfix", check=True),
+        lambda: bed.ssh(mxs[0], key, "systemctl start postfix", check=True),
+    )
+    assert counts.clean, counts
+
+
+def test_a_member_on_the_second_mailstore_gets_mail_there_within_the_session(
+    deployed: dict[str, Any],
+) -> None:
+    """Carol's LDAP mailHost names the last mailstore: one message to alice and carol through
+    each MX is in both mailboxes, each on its own store, when the sender gets its 250."""
+    stores = [h for h in hosts() if "mailstore" in h.groups]
+    if len(stores) < 2:
+        pytest.skip("one mailstore host")
+    first, last = stores[0], stores[-1]
+    passwords = users()
+    for user, store in (("alice", first), ("carol", last)):
+        with smoke.imap_login(user, passwords[user], host=store.address):
+            pass  # Cyrus makes the mailbox at the first login
+    outcomes = {}
+    for mx in (h for h in hosts() if "mx" in h.groups):
+        subject = f"both stores via {mx.name} {uuid.uuid4().hex[:8]}"
+        letter = load.Letter(subject, "alice@example.org")
+        msg = letter.render()
+        rcpts = ["alice@example.org", "carol@example.org"]
+        tx = send((mx.address, 25), load.SENDER, rcpts, msg, starttls=True)
+        code = tx.data.code if tx.data is not None else None
+        # Both copies are there at once: the 250 came after both stores had the message.
+        at_once = {
+            user: mailbox_counts(store, user, subject)[subject]
+            for user, store in (("alice", first), ("carol", last))
+        }
+        event = last_event(mx)
+        backends = {r["recipient"]: r["backend"] for r in event.get("recipients", [])}
+        outcomes[mx.fqdn] = (code, at_once, backends)
+        RESULTS.append((mx.fqdn, "alice + carol", f"DATA {code}, copies {at_once}, {backends}"))
+    for code, at_once, backends in outcomes.values():
+        assert code == 250
+        assert at_once == {"alice": 1, "carol": 1}, at_once
+        assert last.fqdn in backends["carol@example.org"], backends
+        assert first.fqdn in backends["alice@example.org"], backends

@@ -68,6 +68,7 @@ mailbox:
   probe_recipient: "{{uid}}@{{domain}}"
   positive_ttl: 3600
   negative_ttl: 0
+  route_attribute: mailHost
 rate_limits:
   window: 600
   sasl_user: {{messages: 50, recipients: 300}}
@@ -80,6 +81,7 @@ log:
     assert config.ldap.bind_password == Secret("s3cret")
     assert config.ldap.address_attributes == ("mail", "mailAlternateAddress")
     assert config.mailbox.lmtp == InetAddress("127.0.0.1", 2003)
+    assert config.mailbox.route_attribute == "mailHost"
     assert config.rate_limits.client_address.recipients == 0
     assert config.recipient_delimiter == "+"
 
@@ -116,6 +118,7 @@ log:
         ({"ldap": {"base": "dc=x", "timeout": -1}}, "ldap.timeout"),
         ({"mailbox": {"lmtp": "127.0.0.1:24"}}, "mailbox.lmtp"),
         ({"mailbox": {"probe_recipient": "{user}"}}, "mailbox.probe_recipient"),
+        ({"mailbox": {"route_attribute": ""}}, "mailbox.route_attribute"),
         ({"mailbox": {"negative_ttl": -5}}, "mailbox.negative_ttl"),
         ({"rate_limits": {"window": 0}}, "rate_limits.window"),
         ({"rate_limits": {"sasl_user": {"mesages": 1}}}, "rate_limits.sasl_user.mesages"),

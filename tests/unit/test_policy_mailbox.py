@@ -1,9 +1,11 @@
-"""Mailbox answers cache: TTL per polarity, bounded size, outages never cached."""
+"""Mailbox answers cache: TTL per polarity, bounded size, outages never cached; each member
+probed at their own mailstore."""
 
 from __future__ import annotations
 
 import pytest
 
+from lmtp_bridge import BackendAddress, parse_backend_address
 from milters.common.directory import User
 from milters.policy.config import MailboxConfig
 from milters.policy.mailbox import MailboxCache, MailboxChecker, MailboxUnavailable, probe_recipient
@@ -60,7 +62,7 @@ def test_checker_caches_answers_but_not_outages() -> None:
     calls: list[str] = []
     answers: list[bool | Exception] = [MailboxUnavailable("down"), False, True]
 
-    def probe(recipient: str) -> bool:
+    def probe(backend: BackendAddress, recipient: str) -> bool:
         calls.append(recipient)
         answer = answers.pop(0)
         if isinstance(answer, Exception):
@@ -79,3 +81,48 @@ def test_checker_caches_answers_but_not_outages() -> None:
     clock.now = 50
     assert checker.exists(ALICE, "alice@example.org") == (True, True)
     assert calls == ["alice", "alice", "alice"]
+
+
+DEFAULT_STORE = parse_backend_address("unix:/run/cyrus/socket/lmtp")
+CAROL = User("carol", ("carol@example.org",), route="store2.example.org:2003")
+
+
+def test_a_member_with_a_mailstore_of_their_own_is_probed_there() -> None:
+    asked: list[tuple[str, str]] = []
+
+    def probe(backend: BackendAddress, recipient: str) -> bool:
+        asked.append((str(backend), recipient))
+        return str(backend) == "inet:store2.example.org:2003"
+
+    config = MailboxConfig(lmtp=DEFAULT_STORE, helo="test", route_attribute="mailHost")
+    checker = MailboxChecker(config, probe=probe, clock=Clock())
+    assert checker.exists(CAROL, "carol@example.org") == (True, False)
+    assert checker.exists(ALICE, "alice@example.org") == (False, False)
+    assert asked == [
+        ("inet:store2.example.org:2003", "carol"),
+        ("unix:/run/cyrus/socket/lmtp", "alice"),
+    ]
+
+
+def test_the_cache_keeps_answers_apart_per_mailstore() -> None:
+    """A member moved to another store is not answered from the old store's entry."""
+    answers = {"unix:/run/cyrus/socket/lmtp": True, "inet:store2.example.org:2003": False}
+
+    def probe(backend: BackendAddress, recipient: str) -> bool:
+        return answers[str(backend)]
+
+    config = MailboxConfig(lmtp=DEFAULT_STORE, helo="test", route_attribute="mailHost")
+    checker = MailboxChecker(config, probe=probe, clock=Clock())
+    before = User("carol", ("carol@example.org",))
+    assert checker.exists(before, "carol@example.org") == (True, False)
+    assert checker.exists(CAROL, "carol@example.org") == (False, False)
+
+
+def test_an_unusable_mailstore_in_the_directory_defers_and_names_it() -> None:
+    def probe(backend: BackendAddress, recipient: str) -> bool:
+        raise AssertionError("no store should be asked")
+
+    broken = User("dave", ("dave@example.org",), route="inet:")
+    checker = MailboxChecker(MailboxConfig(helo="test"), probe=probe, clock=Clock())
+    with pytest.raises(MailboxUnavailable, match="dave: unusable mailstore 'inet:'"):
+        checker.exists(broken, "dave@example.org")
