@@ -23,6 +23,7 @@ options:
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -78,15 +79,26 @@ def main():
     dn, uri = p["dn"], p["uri"]
 
     def run(args, data=None, check=True):
-        proc = subprocess.run(args, input=data, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(args, input=data, capture_output=True, text=True)
+        except FileNotFoundError:
+            module.fail_json(msg=f"{args[0]} not found (ldap-utils is not installed) for {dn}")
         if check and proc.returncode != 0:
             module.fail_json(msg=f"{args[0]} failed for {dn}: {proc.stderr.strip()}", rc=proc.returncode)
         return proc
 
+    if module.check_mode and shutil.which("ldapsearch") is None:
+        # --check on a host the play has not yet set up: no ldap-utils, no slapd. The entry
+        # would be created by the real run; say so instead of failing the whole check.
+        module.exit_json(changed=True, dn=dn, msg="slapd not installed yet: the entry would be created",
+                         diff={"before": {}, "after": {"dn": dn}})
     found = run(
         ["ldapsearch", "-LLL", "-o", "ldif-wrap=no", "-H", uri, *AUTH, "-s", "base", "-b", dn, "*"],
         check=False,
     )
+    if module.check_mode and found.returncode == 255:  # installed by this run, not started yet
+        module.exit_json(changed=True, dn=dn, msg="slapd not running yet: the entry would be created",
+                         diff={"before": {}, "after": {"dn": dn}})
     if found.returncode not in (0, 32):
         module.fail_json(msg=f"ldapsearch failed for {dn}: {found.stderr.strip()}")
     exists = found.returncode == 0 and found.stdout.strip() != ""
