@@ -204,7 +204,8 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "os": _os_release(),
-        "postfix": version(["/usr/sbin/postconf", "-h", "mail_version"]),
+        # -d: the compiled-in value, which needs no main.cf (the bench runs on a bare host too)
+        "postfix": version(["/usr/sbin/postconf", "-d", "-h", "mail_version"]),
         "spamassassin": version(["/usr/bin/spamassassin", "--version"]),
         "clamd": version(["/usr/sbin/clamd", "--version"]),
     }
