@@ -4,12 +4,18 @@ The notation and its parser live in `lmtp_bridge.address` (`inet:HOST:PORT`, `un
 the forms an admin already writes in main.cf); this module adds failover across a list. The
 socket opener itself is `lmtp_bridge.address.connect`, shared with the LMTP client (which may
 not import `milters`).
+
+Failover covers a backend that refuses the connection and one that drops it before its
+answer (a scanner host stopped or restarted while it had our message): the exchange starts
+over on the next backend. A slow backend is not left for another: its timeout is the budget.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from lmtp_bridge.address import BackendAddress as Address
 from lmtp_bridge.address import BackendAddressError, InetAddress, UnixAddress, connect
@@ -19,10 +25,12 @@ __all__ = [
     "Address",
     "AllBackendsFailed",
     "BackendAddressError",
+    "ConnectionDropped",
     "InetAddress",
     "UnixAddress",
     "connect",
     "connect_any",
+    "exchange_any",
     "parse_address",
 ]
 
@@ -44,3 +52,41 @@ def connect_any(addresses: Sequence[Address], timeout: float) -> tuple[socket.so
         except OSError as exc:
             failures.append(f"{address}: {exc.strerror or exc}")
     raise AllBackendsFailed("; ".join(failures) or "no backend configured")
+
+
+class ConnectionDropped(ConnectionError):
+    """The backend closed the connection before it had answered."""
+
+
+Answer = TypeVar("Answer")
+
+
+def exchange_any(
+    addresses: Sequence[Address],
+    timeout: float,
+    talk: Callable[[socket.socket], Answer],
+    rewind: Callable[[], None],
+) -> tuple[Answer, Address]:
+    """`talk` with the first backend that accepts; if it drops the connection before its
+    answer (reset, broken pipe, end of stream), `rewind` the message and go on to the next.
+
+    Raises AllBackendsFailed when none accepted, else the last backend's error.
+    """
+    remaining = list(addresses)
+    while True:
+        sock, address = connect_any(remaining, timeout)
+        with sock:
+            sock.settimeout(timeout)
+            try:
+                return talk(sock), address
+            except OSError as exc:
+                later = remaining[remaining.index(address) + 1 :]
+                if not later or not _dropped(exc):
+                    raise
+                remaining = later
+        rewind()
+
+
+def _dropped(exc: OSError) -> bool:
+    """Reset, broken pipe, end of stream, or (after a reset) "not connected" on shutdown."""
+    return isinstance(exc, ConnectionError) or exc.errno == errno.ENOTCONN

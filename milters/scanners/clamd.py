@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from milters.common.sockets import Address, connect_any
+from milters.common.sockets import Address, ConnectionDropped, exchange_any
 
 CHUNK = 256 * 1024
 MAX_REPLY_BYTES = 64 * 1024
@@ -68,12 +68,13 @@ def scan(
     prefix: Iterable[bytes] = (),
 ) -> ClamdResult:
     """Scan one message; raises BackendUnavailable, OSError, ClamdError or ClamdSizeLimit."""
-    sock, address = connect_any(backends, timeout)
-    with sock:
-        sock.settimeout(timeout)
+    parts = tuple(prefix)
+    begin = 0 if isinstance(message, bytes) else message.tell()
+
+    def talk(sock: socket.socket) -> bytes:
         sock.sendall(b"zINSTREAM\0")
         try:
-            for part in prefix:
+            for part in parts:
                 sock.sendall(frame(part))
             if isinstance(message, bytes):
                 for start in range(0, len(message), CHUNK):
@@ -86,4 +87,13 @@ def scan(
             # clamd stops reading at StreamMaxLength and says why before closing.
             pass
         reply = _read_reply(sock)
+        if not reply:
+            raise ConnectionDropped("clamd closed the connection without a reply")
+        return reply
+
+    def rewind() -> None:
+        if not isinstance(message, bytes):
+            message.seek(begin)
+
+    reply, address = exchange_any(backends, timeout, talk, rewind)
     return ClamdResult(parse_reply(reply), str(address))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
-from milters.common.sockets import Address, connect_any
+from milters.common.sockets import Address, ConnectionDropped, exchange_any
 
 PROTOCOL = b"SPAMC/1.5"
 TESTS_HEADER = b"x-spam-mailglue-tests"
@@ -156,9 +156,9 @@ def check(
     to the configured failure policy.
     """
     prefix_bytes = b"".join(prefix)
-    sock, address = connect_any(backends, timeout)
-    with sock:
-        sock.settimeout(timeout)
+    start = 0 if isinstance(message, bytes) else message.tell()
+
+    def talk(sock: socket.socket) -> bytes:
         sock.sendall(build_request("HEADERS", length + len(prefix_bytes), user) + prefix_bytes)
         if isinstance(message, bytes):
             sock.sendall(message)
@@ -167,4 +167,13 @@ def check(
                 sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
         data = _read_all(sock)
+        if not data:
+            raise ConnectionDropped("spamd closed the connection without a reply")
+        return data
+
+    def rewind() -> None:
+        if not isinstance(message, bytes):
+            message.seek(start)
+
+    data, address = exchange_any(backends, timeout, talk, rewind)
     return result_from_response(parse_response(data), str(address))
