@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -262,8 +262,8 @@ def mailbox_counts(store: bed.Host, user: str, tag: str) -> collections.Counter[
 def loaded(
     fault_name: str,
     mxs: list[bed.Host],
-    fault: Any,
-    restore: Any,
+    fault: Callable[[], Any],
+    restore: Callable[[], Any],
 ) -> load.Reconciliation:
     """LOAD_SIZE letters to alice over `mxs`; `fault` a third of the way in; `restore` after
     the first attempts; every 4xx sent again; the mailbox counted before and after."""
@@ -286,6 +286,15 @@ def loaded(
     return counts
 
 
+def stopping(host: bed.Host, units: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """The fault (stop the units) and its end (start them again) for `loaded`."""
+    key = bed.ensure_key()
+    return (
+        lambda: bed.ssh(host, key, f"systemctl stop {units}", check=True),
+        lambda: bed.ssh(host, key, f"systemctl start {units}", check=True),
+    )
+
+
 def test_reloading_milter_and_policy_under_load_gives_no_4xx(deployed: dict[str, Any]) -> None:
     """systemctl reload of both mailglue daemons, three times, while six senders send."""
     mx = next(h for h in hosts() if "mx" in h.groups)
@@ -306,14 +315,8 @@ def test_a_scanner_stopped_mid_load_loses_nothing(deployed: dict[str, Any]) -> N
     scanners = [h for h in hosts() if "scanners" in h.groups]
     if len(scanners) < 2:
         pytest.skip("one scanner host: nothing to fail over to")
-    key = bed.ensure_key()
     mxs = [h for h in hosts() if "mx" in h.groups]
-    counts = loaded(
-        f"{scanners[0].name} stopped",
-        mxs,
-        lambda: bed.ssh(scanners[0], key, "systemctl stop spamd clamd", check=True),
-        lambda: bed.ssh(scanners[0], key, "systemctl start spamd clamd", check=True),
-    )
+    counts = loaded(f"{scanners[0].name} stopped", mxs, *stopping(scanners[0], "spamd clamd"))
     assert counts.clean, counts
 
 
@@ -323,13 +326,7 @@ def test_an_mx_stopped_mid_load_loses_nothing(deployed: dict[str, Any]) -> None:
     mxs = [h for h in hosts() if "mx" in h.groups]
     if len(mxs) < 2:
         pytest.skip("one MX host")
-    key = bed.ensure_key()
-    counts = loaded(
-        f"{mxs[0].name} stopped",
-        mxs,
-        lambda: bed.ssh(mxs[0], key, "systemctl stop postfix", check=True),
-        lambda: bed.ssh(mxs[0], key, "systemctl start postfix", check=True),
-    )
+    counts = loaded(f"{mxs[0].name} stopped", mxs, *stopping(mxs[0], "postfix"))
     assert counts.clean, counts
 
 
