@@ -376,7 +376,8 @@ def inventory(hosts: Sequence[Host], key: Path) -> dict[str, object]:
 
 
 def write_inventory(layout: str, hosts: Sequence[Host], key: Path) -> Path:
-    """An inventory directory: hosts.yml here, group_vars from the split inventory."""
+    """An inventory directory: hosts.yml here, group_vars from the inventory of the same name
+    (the single one turns on webmail and mailing lists, so their roles run under systemd too)."""
     directory = STATE / f"inventory-{layout}"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "hosts.yml").write_text(
@@ -384,7 +385,7 @@ def write_inventory(layout: str, hosts: Sequence[Host], key: Path) -> Path:
         + yaml.safe_dump(inventory(hosts, key), sort_keys=False)
     )
     link = directory / "group_vars"
-    target = REPO / "ansible/inventories/split/group_vars"
+    target = REPO / f"ansible/inventories/{layout}/group_vars"
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(target)

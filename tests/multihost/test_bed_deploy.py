@@ -79,6 +79,10 @@ def hosts() -> tuple[bed.Host, ...]:
 
 
 def users() -> dict[str, str]:
+    """Members' passwords: the single inventory's plain development values, or the vault's."""
+    if LAYOUT == "single":
+        plain = yaml.safe_load((ANSIBLE / "inventories/single/group_vars/all/main.yml").read_text())
+        return {user["uid"]: user["password"] for user in plain["ldap_users"]}
     vault = ["--vault-password-file", str(VAULT_PASSWORD)]
     text = subprocess.run(
         [str(PLAYBOOK.with_name("ansible-vault")), "view", *vault, VAULT_FILE],
