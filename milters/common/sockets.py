@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from lmtp_bridge.address import BackendAddress as Address
 from lmtp_bridge.address import BackendAddressError, InetAddress, UnixAddress, connect
@@ -32,6 +32,7 @@ __all__ = [
     "connect_any",
     "exchange_any",
     "parse_address",
+    "rewinder",
 ]
 
 
@@ -90,3 +91,15 @@ def exchange_any(
 def _dropped(exc: OSError) -> bool:
     """Reset, broken pipe, end of stream, or (after a reset) "not connected" on shutdown."""
     return isinstance(exc, ConnectionError) or exc.errno == errno.ENOTCONN
+
+
+def rewinder(message: BinaryIO | bytes) -> Callable[[], None]:
+    """For `exchange_any`: puts a streamed message back where it started, for the next backend."""
+    if isinstance(message, bytes):
+        return lambda: None
+    start = message.tell()
+
+    def rewind() -> None:
+        message.seek(start)
+
+    return rewind

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from milters.common.sockets import Address, ConnectionDropped, exchange_any
+from milters.common.sockets import Address, ConnectionDropped, exchange_any, rewinder
 
 CHUNK = 256 * 1024
 MAX_REPLY_BYTES = 64 * 1024
@@ -69,7 +69,6 @@ def scan(
 ) -> ClamdResult:
     """Scan one message; raises BackendUnavailable, OSError, ClamdError or ClamdSizeLimit."""
     parts = tuple(prefix)
-    begin = 0 if isinstance(message, bytes) else message.tell()
 
     def talk(sock: socket.socket) -> bytes:
         sock.sendall(b"zINSTREAM\0")
@@ -91,9 +90,5 @@ def scan(
             raise ConnectionDropped("clamd closed the connection without a reply")
         return reply
 
-    def rewind() -> None:
-        if not isinstance(message, bytes):
-            message.seek(begin)
-
-    reply, address = exchange_any(backends, timeout, talk, rewind)
+    reply, address = exchange_any(backends, timeout, talk, rewinder(message))
     return ClamdResult(parse_reply(reply), str(address))

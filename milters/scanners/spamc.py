@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
-from milters.common.sockets import Address, ConnectionDropped, exchange_any
+from milters.common.sockets import Address, ConnectionDropped, exchange_any, rewinder
 
 PROTOCOL = b"SPAMC/1.5"
 TESTS_HEADER = b"x-spam-mailglue-tests"
@@ -156,7 +156,6 @@ def check(
     to the configured failure policy.
     """
     prefix_bytes = b"".join(prefix)
-    start = 0 if isinstance(message, bytes) else message.tell()
 
     def talk(sock: socket.socket) -> bytes:
         sock.sendall(build_request("HEADERS", length + len(prefix_bytes), user) + prefix_bytes)
@@ -171,9 +170,5 @@ def check(
             raise ConnectionDropped("spamd closed the connection without a reply")
         return data
 
-    def rewind() -> None:
-        if not isinstance(message, bytes):
-            message.seek(start)
-
-    data, address = exchange_any(backends, timeout, talk, rewind)
+    data, address = exchange_any(backends, timeout, talk, rewinder(message))
     return result_from_response(parse_response(data), str(address))
