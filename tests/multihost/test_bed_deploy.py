@@ -163,6 +163,35 @@ def test_mail_through_each_mx_reaches_the_mailbox(deployed: dict[str, Any]) -> N
     assert all(code == 250 and found for code, found in outcomes.values()), outcomes
 
 
+def test_a_member_sends_through_each_mx_on_submission(deployed: dict[str, Any]) -> None:
+    """Alice logs in on 587 of each MX (STARTTLS, then AUTH, as her mail client does) and
+    writes to bob; bob finds it in his INBOX on the mail store."""
+    passwords = users()
+    store = next(h for h in hosts() if "mailstore" in h.groups)
+    with smoke.imap_login("bob", passwords["bob"], host=store.address):
+        pass  # Cyrus makes bob's mailbox at his first login
+    outcomes = {}
+    for mx in (h for h in hosts() if "mx" in h.groups):
+        subject = f"submitted via {mx.name} {uuid.uuid4().hex[:10]}"
+        msg = EmailMessage()
+        msg["From"] = "alice@example.org"
+        msg["To"] = "bob@example.org"
+        msg["Subject"] = subject
+        msg.set_content("sent from a mail client\n")
+        tx = send(
+            (mx.address, 587),
+            "alice@example.org",
+            ["bob@example.org"],
+            msg.as_bytes(),
+            login=("alice", passwords["alice"]),
+        )
+        code = tx.data.code if tx.data is not None else None
+        found = code == 250 and imap_find(store.address, "bob", passwords["bob"], subject, 60)
+        outcomes[mx.fqdn] = (code, found)
+        RESULTS.append((mx.fqdn, "587 AUTH -> IMAPS", f"{tx.mail} / DATA {code}, found {found}"))
+    assert all(code == 250 and found for code, found in outcomes.values()), outcomes
+
+
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
     subject = f"via {mx.name} {uuid.uuid4().hex[:10]}"
     msg = EmailMessage()
