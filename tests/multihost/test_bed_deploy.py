@@ -163,6 +163,16 @@ def test_mail_through_each_mx_reaches_the_mailbox(deployed: dict[str, Any]) -> N
     assert all(code == 250 and found for code, found in outcomes.values()), outcomes
 
 
+def mail(sender: str, recipient: str, subject: str, text: str) -> bytes:
+    """A plain one-part message, as the journeys below send it."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = subject
+    msg.set_content(text)
+    return msg.as_bytes()
+
+
 def test_a_member_sends_through_each_mx_on_submission(deployed: dict[str, Any]) -> None:
     """Alice logs in on 587 of each MX (STARTTLS, then AUTH, as her mail client does) and
     writes to bob; bob finds it in his INBOX on the mail store."""
@@ -173,16 +183,12 @@ def test_a_member_sends_through_each_mx_on_submission(deployed: dict[str, Any]) 
     outcomes = {}
     for mx in (h for h in hosts() if "mx" in h.groups):
         subject = f"submitted via {mx.name} {uuid.uuid4().hex[:10]}"
-        msg = EmailMessage()
-        msg["From"] = "alice@example.org"
-        msg["To"] = "bob@example.org"
-        msg["Subject"] = subject
-        msg.set_content("sent from a mail client\n")
+        raw = mail("alice@example.org", "bob@example.org", subject, "sent from a mail client\n")
         tx = send(
             (mx.address, 587),
             "alice@example.org",
             ["bob@example.org"],
-            msg.as_bytes(),
+            raw,
             login=("alice", passwords["alice"]),
         )
         code = tx.data.code if tx.data is not None else None
@@ -194,13 +200,8 @@ def test_a_member_sends_through_each_mx_on_submission(deployed: dict[str, Any]) 
 
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
     subject = f"via {mx.name} {uuid.uuid4().hex[:10]}"
-    msg = EmailMessage()
-    msg["From"] = "friend@example.net"
-    msg["To"] = "alice@example.org"
-    msg["Subject"] = subject
-    msg.set_content("hello from the bed\n")
-    sender, rcpt = "friend@example.net", ["alice@example.org"]
-    tx = send((mx.address, 25), sender, rcpt, msg.as_bytes(), starttls=True)
+    raw = mail("friend@example.net", "alice@example.org", subject, "hello from the bed\n")
+    tx = send((mx.address, 25), "friend@example.net", ["alice@example.org"], raw, starttls=True)
     code = tx.data.code if tx.data is not None else None
     return code, code == 250 and imap_find(store.address, "alice", password, subject, 60)
 
