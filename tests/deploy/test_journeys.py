@@ -563,6 +563,8 @@ def test_filter_forwards_to_the_outside(
     assert in_folder(bob, subject) is not None  # :copy keeps one
     forwarded = remote_mx.find(f"forward-me please {mark}")
     assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
+    # an outsider's From: has no key of ours: signed as the forwarder, with our domain's key
+    assert dkim_verifies(forwarded), forwarded[:2000]
 
 
 def test_vacation_answers_once_per_sender(

@@ -23,7 +23,14 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 
 from tests.deploy.browser import wait
-from tests.deploy.mailuser import RemoteMx, from_outside, person, submit, token
+from tests.deploy.mailuser import (
+    RemoteMx,
+    dkim_verifies,
+    from_outside,
+    person,
+    submit,
+    token,
+)
 from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke
 
 pytestmark = DEPLOY_MARKS
@@ -92,6 +99,7 @@ def test_a_members_post_reaches_every_member_once_and_the_archive(
     assert wait_for_copies(alice, mark) == 1
     outside = remote_mx.find(mark)
     assert outside is not None, "the outside member got nothing"
+    assert dkim_verifies(outside), outside[:3000]  # Mailman's re-send is signed again
     assert re.search(rb"(?m)^List-Id: [^\n]*<staff\.example\.org>", outside), outside[:3000]
     # its archive link names this host's list pages (where a member can open it), not the domain
     host = re.escape(deployed["vars"]["mail_hostname"].encode())

@@ -37,6 +37,7 @@ from tests.deploy.mailuser import (
     OUTSIDE,
     RemoteMx,
     assert_delivered,
+    dkim_verifies,
     from_outside,
     in_folder,
     person,
@@ -178,6 +179,7 @@ def test_send_to_a_colleague_and_the_outside(
     outside = remote_mx.find(mark)
     assert outside is not None, "never reached the remote MX"
     assert b"X-Mail-Args: <alice@example.org>" in outside
+    assert dkim_verifies(outside), outside[:2000]
     assert in_folder(alice, subject, folder="INBOX.Sent") is not None, "no copy in Sent"
     # it went in through submission like any client's: AUTH as alice, scanned, outbound
     found = re.search(rb"(?im)^Message-ID:\s*(<[^>]+>)", outside)
