@@ -7,7 +7,8 @@
 # part of the corpus on which tuned and untuned spamd must agree; unbound and ldnsutils: the
 # DANE test signs a zone with ldns-signzone and validates it with unbound, the resolver the
 # `resolver` role deploys; postfix-mta-sts-resolver: the outbound MTA-STS test runs the same
-# mta-sts-daemon the postfix role deploys).
+# mta-sts-daemon the postfix role deploys; nftables: the firewall role's rules are checked
+# with `nft -c`).
 # Non-interactive and idempotent: a second run installs nothing.
 set -euo pipefail
 
@@ -17,7 +18,7 @@ packages=(
   slapd ldap-utils libmilter-dev libldap2-dev libsasl2-dev swaks
   python3-dev python3-venv gcc make supervisor openssl
   chromium chromium-driver postgresql nsd mailman3 dbconfig-sqlite3 libpython3.11-testsuite
-  unbound ldnsutils postfix-mta-sts-resolver
+  unbound ldnsutils postfix-mta-sts-resolver nftables
 )
 
 missing=()

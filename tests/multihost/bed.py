@@ -291,6 +291,7 @@ def start_container(host: Host, image: str, hosts: Sequence[Host], key: Path) ->
                 *add_hosts,
                 "--systemd=always",
                 "--cap-add=SYS_ADMIN",
+                "--cap-add=NET_ADMIN",  # the firewall role's nftables rules
                 *ULIMITS,
                 image,
                 "/sbin/init",

@@ -128,6 +128,41 @@ def test_mailglue_daemons_are_notify_units_that_reload(deployed: dict[str, Any])
             assert after == before, (before, after)
 
 
+# What only the MX hosts may reach: pre-authenticated LMTP files mail in any mailbox unscanned,
+# and clamd takes SHUTDOWN from anyone who connects.
+INTERNAL_PORTS = {"mailstore": (2003,), "scanners": (783, 3310)}
+
+
+def connects(client: bed.Host | None, server: bed.Host, port: int) -> bool:
+    """A TCP connection from `client` (None: this machine, the bed's gateway) to the port."""
+    probe = f"exec 3<>/dev/tcp/{server.address}/{port}"
+    if client is None:
+        command = ["timeout", "5", "bash", "-c", probe]
+        return subprocess.run(command, capture_output=True, check=False).returncode == 0
+    return bed.ssh(client, bed.ensure_key(), f"timeout 5 bash -c '{probe}'").returncode == 0
+
+
+def test_internal_ports_are_open_only_to_the_mx_hosts(deployed: dict[str, Any]) -> None:
+    """LMTP on the mail stores, spamd and clamd on the scanners: each MX connects, any other
+    host (a scanner, a mail store, the directory, this machine) is refused."""
+    everyone = hosts()
+    outcomes = {}
+    for group, ports in INTERNAL_PORTS.items():
+        for server in (h for h in everyone if group in h.groups):
+            for port in ports:
+                for client in (*everyone, None):
+                    if client == server:
+                        continue
+                    name = client.fqdn if client else "bed host"
+                    allowed = client is not None and "mx" in client.groups
+                    got = connects(client, server, port)
+                    outcomes[(name, f"{server.fqdn}:{port}")] = (got, allowed)
+    wrong = {where: got for where, (got, allowed) in outcomes.items() if got != allowed}
+    RESULTS.append(("all", "internal ports", f"{len(outcomes)} probes, {len(wrong)} wrong"))
+    assert len({allowed for _, allowed in outcomes.values()}) == 2, outcomes  # both kinds probed
+    assert not wrong, wrong
+
+
 def unit_state(host: bed.Host, unit: str) -> dict[str, str]:
     """Type, ActiveState, MainPID (by name: `systemctl show` prints them in its own order)."""
     show = f"systemctl show -p Type -p ActiveState -p MainPID {unit}"
