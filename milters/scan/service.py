@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from milters.auth.check import use_nameservers
 from milters.common.configkit import ConfigError
@@ -19,9 +19,11 @@ from milters.scan.config import MilterConfig, load_config
 from milters.scan.delivery import Deliverer
 from milters.scan.event import TransactionEvent
 from milters.scan.memo import ScanMemo
-from milters.scan.metrics import MilterMetrics
 from milters.scan.scanner import Scanner
 from milters.scan.verdict import VerdictPolicy
+
+if TYPE_CHECKING:  # prometheus_client is loaded only when metrics are on (daemon.run)
+    from milters.scan.metrics import MilterMetrics
 
 
 @dataclass(frozen=True)
