@@ -4,19 +4,14 @@ whole package; test_deploy checks the deployment, test_journeys walks the users'
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.deploy.browser import browser  # noqa: F401  (the fixture, for every journey)
-from tests.deploy.mailuser import RemoteMx, relay_address
+from tests.deploy.mailuser import RemoteMx, outside_mx, relay_address
 from tests.deploy.stack import ROOT, checked_stack, deploy_and_check, ensure_ansible, inventory_vars
 
 
@@ -44,32 +39,5 @@ def deployed() -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="package")
 def remote_mx(deployed: dict[str, Any]) -> Iterator[RemoteMx]:
-    host, port = relay_address(deployed["vars"])
-    directory = Path(tempfile.mkdtemp(prefix="remote-mx-"))
-    directory.chmod(0o777)  # smtp-sink drops to nobody
-    sink = subprocess.Popen(
-        [
-            "/usr/sbin/smtp-sink",
-            "-u",
-            "nobody",
-            "-d",
-            f"{directory}/%H%M%S.",
-            f"{host}:{port}",
-            "64",
-        ]
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            break
-        except OSError:
-            assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
-            time.sleep(0.1)
-    subprocess.run(["postqueue", "-f"], check=False)
-    try:
-        yield RemoteMx(directory)
-    finally:
-        sink.terminate()
-        sink.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+    with outside_mx(*relay_address(deployed["vars"])) as remote:
+        yield remote

@@ -4,10 +4,15 @@ deliver on 25 from outside, look into a folder over IMAPS, and the outside world
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -26,10 +31,12 @@ OUTSIDE = "friend@example.net"
 
 
 class RemoteMx:
-    """Postfix's smtp-sink on the relay host address; one file per received transaction."""
+    """Postfix's smtp-sink on the relay host address; one file per received transaction.
+    `flush` asks the sending Postfix to retry its deferred mail (default: this machine's)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, flush: Callable[[], object] | None = None) -> None:
         self.directory = directory
+        self.flush = flush or (lambda: subprocess.run(["postqueue", "-f"], check=False))
 
     def all_containing(self, token: str) -> list[bytes]:
         found = []
@@ -49,9 +56,47 @@ class RemoteMx:
             if time.monotonic() >= deadline:
                 return None
             if not flushed and time.monotonic() > deadline - timeout / 2:
-                subprocess.run(["postqueue", "-f"], check=False)  # retry deferred mail now
+                self.flush()  # retry deferred mail now
                 flushed = True
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def outside_mx(
+    host: str, port: int, flush: Callable[[], object] | None = None
+) -> Iterator[RemoteMx]:
+    """A stand-in for the rest of the internet's MX hosts, listening on host:port while open."""
+    directory = Path(tempfile.mkdtemp(prefix="remote-mx-"))
+    directory.chmod(0o777)  # smtp-sink drops to nobody
+    sink = subprocess.Popen(
+        [
+            "/usr/sbin/smtp-sink",
+            "-u",
+            "nobody",
+            "-d",
+            f"{directory}/%H%M%S.",
+            f"{host}:{port}",
+            "64",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                assert sink.poll() is None and time.monotonic() < deadline, (
+                    "smtp-sink did not start"
+                )
+                time.sleep(0.1)
+        remote = RemoteMx(directory, flush)
+        remote.flush()
+        yield remote
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- people and their mail clients -----------------------------------------------------------
@@ -143,15 +188,22 @@ def relay_address(variables: dict[str, Any]) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def dkim_signatures(received: bytes, domain: str = "example.org") -> dict[str, bool]:
+def dkim_signatures(
+    received: bytes,
+    domain: str = "example.org",
+    key_file: Callable[[str], str] | None = None,
+) -> dict[str, bool]:
     """Each DKIM signature on the copy the remote MX received ("selector a=algorithm"), and
     whether dkimpy (an implementation independent of the signer) verifies it against the key
-    we would publish: the TXT record beside the private key (`mailglue dns` prints it)."""
+    we would publish: the TXT record beside the private key (`mailglue dns` prints it).
+    `key_file(selector)`: that file's text, when it is on another host."""
     import dkim
 
+    def read_here(selector: str) -> str:
+        return Path(f"/etc/opendkim/keys/{domain}/{selector}.txt").read_text()
+
     def txt(name: bytes, timeout: int = 5) -> bytes:
-        selector = name.decode().split("._domainkey.")[0]
-        record = Path(f"/etc/opendkim/keys/{domain}/{selector}.txt").read_text()
+        record = (key_file or read_here)(name.decode().split("._domainkey.")[0])
         return "".join(re.findall(r'"([^"]*)"', record)).encode()
 
     message = received.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -343,8 +343,13 @@ def wait_booted(host: Host, key: Path, timeout: float = 120) -> str:
 
 # Where the bed differs from the split inventory's example network (192.0.2.0/24). Host vars,
 # as they must win over the split inventory's group_vars.
+# This machine on the bed's bridge: the "outside world" of the bed (a stand-in MX, as in the
+# single inventory, which the MX hosts relay everything not ours to).
+GATEWAY = _net(1)
+OUTSIDE_MX_PORT = 2526
 HOST_VARS = {
     "spamassassin_allowed_ips": f"127.0.0.1,{SUBNET}",
+    "mail_relayhost": f"[{GATEWAY}]:{OUTSIDE_MX_PORT}",
     "mail_service_manager": "systemd",
     # As in the single inventory, for the same reason: the only DNS reachable from here is this
     # machine's resolver, which answers without DNSSEC, so unbound forwards to it unvalidated.
