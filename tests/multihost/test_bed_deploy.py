@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.mailuser import OUTSIDE, RemoteMx, dkim_signatures, outside_mx
 from tests.deploy.stack import smoke
+from tests.harness.managesieve import ManageSieve
 from tests.harness.smtp import send
 from tests.multihost import bed, load
 from tests.multihost.conftest import RECONCILIATION, RESULTS
@@ -233,6 +235,100 @@ def test_a_member_sends_through_each_mx_on_submission(deployed: dict[str, Any]) 
         outcomes[mx.fqdn] = (code, found)
         RESULTS.append((mx.fqdn, "587 AUTH -> IMAPS", f"{tx.mail} / DATA {code}, found {found}"))
     assert all(code == 250 and found for code, found in outcomes.values()), outcomes
+
+
+@pytest.fixture(scope="module")
+def outside(deployed: dict[str, Any]) -> Iterator[RemoteMx]:
+    """The bed's outside world: a stand-in MX on this machine's bridge address, where the MX
+    hosts relay all mail not ours (`mail_relayhost` in bed.HOST_VARS)."""
+
+    def flush() -> None:  # every host's Postfix retries its deferred mail now
+        for host in hosts():
+            bed.ssh(host, bed.ensure_key(), "postqueue -f")
+
+    with outside_mx(bed.GATEWAY, bed.OUTSIDE_MX_PORT, flush) as remote:
+        yield remote
+
+
+def dkim_results(message: bytes) -> dict[str, bool]:
+    """Each DKIM signature and whether it verifies against the record to publish: the .txt
+    beside the first MX host's key, as `mailglue dns` there prints it."""
+    first_mx = next(h for h in hosts() if "mx" in h.groups)
+
+    def key_file(selector: str) -> str:
+        path = f"/etc/opendkim/keys/example.org/{selector}.txt"
+        return bed.ssh(first_mx, bed.ensure_key(), f"cat {path}").stdout.decode()
+
+    return dkim_signatures(message, key_file=key_file)
+
+
+def signed(received: bytes | None) -> dict[str, bool] | str:
+    return dkim_results(received) if received is not None else "not received"
+
+
+def test_each_mx_signs_with_the_one_published_key(outside: RemoteMx) -> None:
+    """Alice writes to a friend elsewhere through 587 of each MX; what the friend's MX receives
+    carries DKIM signatures that verify against the one record the domain publishes (each MX
+    making its own key would leave all but one failing)."""
+    password = users()["alice"]
+    outcomes = {}
+    for mx in (h for h in hosts() if "mx" in h.groups):
+        subject = f"signed via {mx.name} {uuid.uuid4().hex[:10]}"
+        raw = mail("alice@example.org", OUTSIDE, subject, "signed, I hope\n")
+        tx = send((mx.address, 587), "alice@example.org", [OUTSIDE], raw, login=("alice", password))
+        assert tx.data is not None and tx.data.code == 250, tx
+        outcomes[mx.fqdn] = signed(outside.find(subject, timeout=90))
+        RESULTS.append((mx.fqdn, "DKIM on 587 mail", str(outcomes[mx.fqdn])))
+    for result in outcomes.values():
+        assert isinstance(result, dict) and result and all(result.values()), outcomes
+
+
+SIEVE_SENDS = """require ["copy", "vacation"];
+if header :contains "Subject" "forward-me" {{
+    redirect :copy "{forward_to}";
+}}
+vacation :days 1 :subject "Away {mark}" :addresses ["bob@example.org"] "Away until Monday.";
+"""
+
+
+def test_what_sieve_sends_from_the_mail_store_leaves_through_an_mx_signed(
+    outside: RemoteMx,
+) -> None:
+    """Bob sets a filter on his mail store from his own client (ManageSieve, STARTTLS, login)
+    that forwards a copy of some mail to his other address and answers with a vacation
+    reply. A friend elsewhere writes to him: the forwarded copy and the reply must reach the
+    outside world, each with a DKIM signature that verifies, so they went through an MX (a mail
+    store's own MTA would send them unsigned, unscanned, from outside our SPF record). Under
+    systemd this is also the only test of Cyrus's sandbox letting its sendmail run."""
+    password = users()["bob"]
+    store = next(h for h in hosts() if "mailstore" in h.groups)
+    mx = next(h for h in hosts() if "mx" in h.groups)
+    mark = uuid.uuid4().hex[:10]
+    forward_to = f"bob.elsewhere.{mark}@example.net"
+    friend = f"friend.{mark}@example.net"  # vacation answers each sender once a day
+    with smoke.imap_login("bob", password, host=store.address):
+        pass  # his mailbox exists from his first login
+    with ManageSieve(store.address) as sieve:
+        sieve.login("bob", password)
+        before = [name for name, active in sieve.scripts_with_state() if active]
+        sieve.put("bed", SIEVE_SENDS.format(mark=mark, forward_to=forward_to))
+        sieve.activate("bed")
+    try:
+        subject = f"forward-me {mark}"
+        raw = mail(friend, "bob@example.org", subject, "please pass it on\n")
+        tx = send((mx.address, 25), friend, ["bob@example.org"], raw, starttls=True)
+        assert tx.data is not None and tx.data.code == 250, tx
+        forwarded = outside.find(forward_to, timeout=90)  # its envelope recipient
+        reply = outside.find(f"Away {mark}", timeout=90)
+    finally:
+        with ManageSieve(store.address) as sieve:
+            sieve.login("bob", password)
+            sieve.activate(before[0] if before else "")  # his Junk rule again
+            sieve.delete("bed")
+    shown = {"forwarded copy": signed(forwarded), "vacation reply": signed(reply)}
+    RESULTS.append((store.fqdn, "Sieve mail to the outside", str(shown)))
+    for result in shown.values():
+        assert isinstance(result, dict) and result and all(result.values()), shown
 
 
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
