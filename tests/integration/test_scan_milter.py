@@ -11,6 +11,7 @@ import email
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
@@ -29,7 +30,7 @@ from tests.harness.messages import (
 )
 from tests.harness.milter import ScanMilter, wait_for
 from tests.harness.postfix import Postfix
-from tests.harness.process import free_port
+from tests.harness.process import refusing_port
 from tests.harness.smtp import Transaction, send
 from tests.harness.spamd import (
     RULE_3_0,
@@ -204,13 +205,17 @@ def test_forged_spam_headers_are_replaced_by_ours(
     assert copy.get_all("X-Virus-Scanned") == ["clean (clamd)"]
 
 
-DEAD_BACKEND = f"inet:127.0.0.1:{free_port()}"  # nothing listens here: "spamd is down"
+@pytest.fixture
+def dead_backend() -> Iterator[str]:
+    """Where nothing answers: "spamd is down"."""
+    with refusing_port() as port:
+        yield f"inet:127.0.0.1:{port}"
 
 
 def test_spamd_down_tempfails_by_default(
-    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
+    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, dead_backend: str
 ) -> None:
-    scan_milter.ensure({"spam": {"backends": [DEAD_BACKEND]}})
+    scan_milter.ensure({"spam": {"backends": [dead_backend]}})
     mid = unique_message_id()
     tx = submit(postfix, fresh(message_id=mid))
     assert tx.data is not None and tx.data.code == 451, tx
@@ -221,9 +226,9 @@ def test_spamd_down_tempfails_by_default(
 
 
 def test_spamd_down_with_accept_policy_delivers_marked(
-    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus
+    scan_milter: ScanMilter, postfix: Postfix, cyrus: Cyrus, dead_backend: str
 ) -> None:
-    scan_milter.ensure({"spam": {"backends": [DEAD_BACKEND], "on_failure": "accept"}})
+    scan_milter.ensure({"spam": {"backends": [dead_backend], "on_failure": "accept"}})
     mid = unique_message_id()
     tx = submit(postfix, fresh(message_id=mid))
     assert tx.data is not None and tx.data.code == 250, tx
