@@ -331,6 +331,36 @@ def test_what_sieve_sends_from_the_mail_store_leaves_through_an_mx_signed(
         assert isinstance(result, dict) and result and all(result.values()), shown
 
 
+def test_a_post_to_a_list_reaches_each_member_once_under_systemd(outside: RemoteMx) -> None:
+    """Alice writes to the staff list from her mail client (587). Mailman, under systemd here,
+    takes it within her session and sends it on: bob finds one copy in his mailbox, and the
+    outside member's copy reaches the outside world with the list's List-Id, signed."""
+    if LAYOUT != "single":
+        pytest.skip("the split inventory runs no mailing lists")
+    passwords = users()
+    (host,) = hosts()
+    with smoke.imap_login("bob", passwords["bob"], host=host.address):
+        pass  # his mailbox exists from his first login
+    subject = f"list post {uuid.uuid4().hex[:10]}"
+    raw = mail("alice@example.org", "staff@example.org", subject, "The minutes of today.\n")
+    login = ("alice", passwords["alice"])
+    tx = send((host.address, 587), "alice@example.org", ["staff@example.org"], raw, login=login)
+    assert tx.data is not None and tx.data.code == 250, tx
+    outside_copy = outside.find(subject, timeout=120)
+    in_bobs_box = imap_find(host.address, "bob", passwords["bob"], subject, 120)
+    copies = mailbox_counts(host, "bob", subject)[subject]
+    shown = {
+        "bob's copies": copies,
+        "outside copy": signed(outside_copy),
+        "List-Id": bool(outside_copy and b"List-Id:" in outside_copy),
+    }
+    RESULTS.append((host.fqdn, "list post", str(shown)))
+    assert in_bobs_box and copies == 1, shown
+    assert outside_copy is not None and b"<staff.example.org>" in outside_copy, shown
+    signatures = shown["outside copy"]
+    assert isinstance(signatures, dict) and signatures and all(signatures.values()), shown
+
+
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
     subject = f"via {mx.name} {uuid.uuid4().hex[:10]}"
     raw = mail("friend@example.net", "alice@example.org", subject, "hello from the bed\n")
