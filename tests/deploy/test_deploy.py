@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import json
 import re
 import smtplib
 import subprocess
@@ -21,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke, user
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, run_playbook, smoke, user
+from tests.harness.process import free_port
 
 pytestmark = DEPLOY_MARKS
 
@@ -57,6 +59,48 @@ def test_unknown_recipient_is_refused_at_rcpt(deployed: dict[str, Any]) -> None:
         assert smtp.mail("sender@example.net")[0] == 250
         code, text = smtp.rcpt(f"nobody-{uuid.uuid4().hex[:8]}@{deployed['vars']['mail_domain']}")
     assert code == 550, text
+
+
+def scanned_and_checked(deployed: dict[str, Any]) -> dict[str, object]:
+    """What port 25 shows of the milter and the policy service: a stranger refused at RCPT
+    (policy), and clean mail in alice's INBOX with the milter's X-Spam-Status."""
+    alice = user(deployed, 0)
+    with smtplib.SMTP("127.0.0.1", 25, local_hostname="deploy.test", timeout=60) as smtp:
+        smtp.ehlo()
+        smtp.mail("sender@example.net")
+        stranger = smtp.rcpt(f"nobody-{uuid.uuid4().hex[:8]}@{deployed['vars']['mail_domain']}")
+    subject = f"deploy moved {uuid.uuid4().hex}"
+    code, reply = smoke.send(smoke.message("sender@example.net", alice["mail"], subject, "hi\n"))
+    headers = smoke.find_subject(alice["uid"], alice["password"], subject, timeout=60)
+    return {
+        "stranger at RCPT": stranger[0],
+        "clean mail": code,
+        "scanned in INBOX": headers is not None and b"X-Spam-Status: No" in headers,
+        "reply": reply,
+    }
+
+
+def test_moving_the_milter_and_the_policy_service_keeps_mail_flowing(
+    deployed: dict[str, Any],
+) -> None:
+    """An admin gives the milter and the policy service new addresses and runs the playbook:
+    both must be there when Postfix looks for them (a reload would keep the old sockets, and
+    every message would wait on 451s)."""
+    expected = {"stranger at RCPT": 550, "clean mail": 250, "scanned in INBOX": True}
+    moved = {
+        "mail_milter_listen": f"inet:127.0.0.1:{free_port()}",
+        "mail_policy_listen": f"inet:127.0.0.1:{free_port()}",
+    }
+    try:
+        run = run_playbook("--tags", "mailglue,postfix", "-e", json.dumps(moved))
+        assert run.returncode == 0, run.stdout[-3000:]
+        shown = scanned_and_checked(deployed)
+        assert {key: shown[key] for key in expected} == expected, (moved, shown)
+    finally:
+        back = run_playbook("--tags", "mailglue,postfix")  # the inventory's own addresses
+        assert back.returncode == 0, back.stdout[-3000:]
+    shown = scanned_and_checked(deployed)
+    assert {key: shown[key] for key in expected} == expected, shown
 
 
 def test_relay_to_an_outside_domain_is_refused(deployed: dict[str, Any]) -> None:
