@@ -80,21 +80,48 @@ def hosts() -> tuple[bed.Host, ...]:
     return bed.LAYOUTS[LAYOUT]
 
 
-def users() -> dict[str, str]:
-    """Members' passwords: the single inventory's plain development values, or the vault's."""
-    if LAYOUT == "single":
-        plain = yaml.safe_load((ANSIBLE / "inventories/single/group_vars/all/main.yml").read_text())
-        return {user["uid"]: user["password"] for user in plain["ldap_users"]}
-    vault = ["--vault-password-file", str(VAULT_PASSWORD)]
+def inventory_vars() -> dict[str, Any]:
+    """The layout's inventory group_vars/all (with Jinja expressions left as text)."""
+    path = ANSIBLE / f"inventories/{LAYOUT}/group_vars/all/main.yml"
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def vault() -> dict[str, Any]:
+    vault_password = ["--vault-password-file", str(VAULT_PASSWORD)]
     text = subprocess.run(
-        [str(PLAYBOOK.with_name("ansible-vault")), "view", *vault, VAULT_FILE],
+        [str(PLAYBOOK.with_name("ansible-vault")), "view", *vault_password, VAULT_FILE],
         cwd=ANSIBLE,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    passwords: dict[str, str] = yaml.safe_load(text)["vault_user_passwords"]
+    secrets: dict[str, Any] = yaml.safe_load(text)
+    return secrets
+
+
+def users() -> dict[str, str]:
+    """Members' passwords: the single inventory's plain development values, or the vault's."""
+    if LAYOUT == "single":
+        return {user["uid"]: user["password"] for user in inventory_vars()["ldap_users"]}
+    passwords: dict[str, str] = vault()["vault_user_passwords"]
     return passwords
+
+
+def admin_password() -> str:
+    """The Cyrus admin's (`mail_admin_user`, cyrus) password."""
+    if LAYOUT == "single":
+        return str(inventory_vars()["mail_admin_password"])
+    return str(vault()["vault_mail_admin_password"])
+
+
+def store_of(uid: str) -> bed.Host:
+    """The mail store that holds a member's mailbox: their mail_host, or the first store."""
+    stores = [h for h in hosts() if "mailstore" in h.groups]
+    entry = next(u for u in inventory_vars()["ldap_users"] if u["uid"] == uid)
+    if "mail_host" in entry:
+        return stores[-1]  # the split inventory's only mail_host: "groups['mailstore'] | last"
+    return stores[0]
 
 
 def test_second_run_changes_nothing(deployed: dict[str, Any]) -> None:
@@ -130,9 +157,14 @@ def test_mailglue_daemons_are_notify_units_that_reload(deployed: dict[str, Any])
             assert after == before, (before, after)
 
 
-# What only the MX hosts may reach: pre-authenticated LMTP files mail in any mailbox unscanned,
-# and clamd takes SHUTDOWN from anyone who connects.
-INTERNAL_PORTS = {"mailstore": (2003,), "scanners": (783, 3310)}
+# What only the hosts that use them may reach: pre-authenticated LMTP files mail in any mailbox
+# unscanned, clamd takes SHUTDOWN from anyone who connects, spamd learns what it is told. The
+# MX hosts scan and deliver; the mail stores' `mailglue learn` teaches spamd (TELL).
+INTERNAL_PORTS = {
+    ("mailstore", 2003): ("mx",),
+    ("scanners", 783): ("mx", "mailstore"),
+    ("scanners", 3310): ("mx",),
+}
 
 
 def connects(client: bed.Host | None, server: bed.Host, port: int) -> bool:
@@ -144,21 +176,22 @@ def connects(client: bed.Host | None, server: bed.Host, port: int) -> bool:
     return bed.ssh(client, bed.ensure_key(), f"timeout 5 bash -c '{probe}'").returncode == 0
 
 
-def test_internal_ports_are_open_only_to_the_mx_hosts(deployed: dict[str, Any]) -> None:
-    """LMTP on the mail stores, spamd and clamd on the scanners: each MX connects, any other
-    host (a scanner, a mail store, the directory, this machine) is refused."""
+def test_internal_ports_are_open_only_to_the_hosts_that_use_them(
+    deployed: dict[str, Any],
+) -> None:
+    """LMTP on the mail stores, clamd on the scanners: each MX connects; spamd: each MX and
+    each mail store; any other host (the directory, this machine, ...) is refused."""
     everyone = hosts()
     outcomes = {}
-    for group, ports in INTERNAL_PORTS.items():
+    for (group, port), users_of_it in INTERNAL_PORTS.items():
         for server in (h for h in everyone if group in h.groups):
-            for port in ports:
-                for client in (*everyone, None):
-                    if client == server:
-                        continue
-                    name = client.fqdn if client else "bed host"
-                    allowed = client is not None and "mx" in client.groups
-                    got = connects(client, server, port)
-                    outcomes[(name, f"{server.fqdn}:{port}")] = (got, allowed)
+            for client in (*everyone, None):
+                if client == server:
+                    continue
+                name = client.fqdn if client else "bed host"
+                allowed = client is not None and bool(set(users_of_it) & set(client.groups))
+                got = connects(client, server, port)
+                outcomes[(name, f"{server.fqdn}:{port}")] = (got, allowed)
     wrong = {where: got for where, (got, allowed) in outcomes.items() if got != allowed}
     RESULTS.append(("all", "internal ports", f"{len(outcomes)} probes, {len(wrong)} wrong"))
     # both kinds probed; on one host (single layout) only this machine, always refused
@@ -359,6 +392,104 @@ def test_a_post_to_a_list_reaches_each_member_once_under_systemd(outside: Remote
     assert outside_copy is not None and b"<staff.example.org>" in outside_copy, shown
     signatures = shown["outside copy"]
     assert isinstance(signatures, dict) and signatures and all(signatures.values()), shown
+
+
+def restart_everywhere(unit: str) -> list[str]:
+    """Restart `unit` on every host that has it (what its interval would do, now)."""
+    key = bed.ensure_key()
+    restarted = []
+    for host in hosts():
+        if bed.ssh(host, key, f"systemctl cat {unit} >/dev/null 2>&1").returncode == 0:
+            assert bed.ssh(host, key, f"systemctl restart {unit}").returncode == 0, host
+            restarted.append(host.name)
+    return restarted
+
+
+def bayes_ham_count(scanner: bed.Host) -> int:
+    """How many ham messages the scanner's spamd has learned (its Bayes database)."""
+    dump = "runuser -u debian-spamd -- sa-learn --dump magic"
+    shown = bed.ssh(scanner, bed.ensure_key(), dump).stdout.decode()
+    found = re.search(r"^\S+\s+0\s+(\d+)\s+0\s+non-token data: nham$", shown, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def in_learnspam(store: bed.Host, token: str) -> bool:
+    """Whether a message carrying `token` is still in the store's LearnSpam (the admin reads
+    it; members may only put mail there)."""
+    with smoke.imap_login(ADMIN, admin_password(), host=store.address) as imap:
+        status, data = imap.select("LearnSpam", readonly=True)
+        assert status == "OK", data
+        status, data = imap.search(None, "SUBJECT", f'"{token}"')
+        return status == "OK" and bool(data and data[0])
+
+
+ADMIN = "cyrus"  # mail_admin_user
+
+
+def test_what_members_file_in_learnspam_is_learned_on_every_mailstore(
+    deployed: dict[str, Any],
+) -> None:
+    """A member on each mail store (alice; carol on the last store of the split layout) finds
+    a message the filter tagged wrongly and moves it into LearnSpam from their mail client. Once `mailglue
+    learn` has run, the scanning spamd has learned each as ham and the folders are empty of
+    them: on every mail store, not only where the MX's own 127.0.0.1 would find an IMAP server."""
+    scanner = next(h for h in hosts() if "scanners" in h.groups)  # learn teaches the first
+    passwords = users()
+    members: dict[str, str] = {}  # the first member of each store
+    for entry in inventory_vars()["ldap_users"]:
+        members.setdefault(store_of(entry["uid"]).name, entry["uid"])
+    tokens = {}
+    before = bayes_ham_count(scanner)
+    for uid in members.values():
+        store = store_of(uid)
+        token = uuid.uuid4().hex
+        raw = (
+            f"From: newsletter@example.net\r\nTo: {uid}@example.org\r\n"
+            f"Subject: wanted {token}\r\nMessage-ID: <{token}@example.net>\r\n"
+            "X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=3.5 required=3.0 tests=X=3.5\r\n"
+            f"\r\nthe monthly report you subscribed to, issue {token}\r\n"
+        ).encode()
+        with smoke.imap_login(uid, passwords[uid], host=store.address) as imap:
+            status, data = imap.append("LearnSpam", None, None, raw)
+            assert status == "OK", (uid, data)
+        tokens[uid] = (store, token)
+    restarted = restart_everywhere("mailglue-learn")
+    deadline = time.monotonic() + 120
+    left = dict(tokens)
+    while left and time.monotonic() < deadline:
+        left = {uid: (s, t) for uid, (s, t) in left.items() if in_learnspam(s, t)}
+        time.sleep(2)
+    learned = bayes_ham_count(scanner) - before
+    shown = {"learn runs on": restarted, "still in LearnSpam": sorted(left), "ham learned": learned}
+    RESULTS.append(("all", "LearnSpam", str(shown)))
+    assert not left and learned >= len(tokens), shown
+
+
+def quota_limit_kib(store: bed.Host, uid: str) -> int | None:
+    """The STORAGE limit the member's mail client is shown for their INBOX (GETQUOTAROOT)."""
+    with smoke.imap_login(uid, users()[uid], host=store.address) as imap:
+        status, data = imap.getquotaroot("INBOX")
+    assert status == "OK", data
+    text = b" ".join(part for group in data for part in group if isinstance(part, bytes))
+    found = re.search(rb"STORAGE \d+ (\d+)", text)
+    return int(found.group(1)) if found else None
+
+
+def test_members_see_their_ldap_quota_on_their_own_mailstore(deployed: dict[str, Any]) -> None:
+    """Each member with a quota in LDAP (quota_kib) logs in on the store that holds their
+    mailbox and is shown that quota once `mailglue quota` has run."""
+    wanted = {u["uid"]: int(u["quota_kib"]) for u in inventory_vars()["ldap_users"] if "quota_kib" in u}
+    assert wanted, "the inventory gives no member a quota"
+    for uid in wanted:
+        quota_limit_kib(store_of(uid), uid)  # Cyrus makes the mailbox at the first login
+    restarted = restart_everywhere("mailglue-quota")
+    deadline = time.monotonic() + 90
+    shown = {uid: quota_limit_kib(store_of(uid), uid) for uid in wanted}
+    while shown != wanted and time.monotonic() < deadline:
+        time.sleep(2)
+        shown = {uid: quota_limit_kib(store_of(uid), uid) for uid in wanted}
+    RESULTS.append(("all", "quotas", f"{shown} (mailglue-quota on {restarted})"))
+    assert shown == wanted, (shown, restarted)
 
 
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
