@@ -430,9 +430,9 @@ def test_what_members_file_in_learnspam_is_learned_on_every_mailstore(
     deployed: dict[str, Any],
 ) -> None:
     """A member on each mail store (alice; carol on the last store of the split layout) finds
-    a message the filter tagged wrongly and moves it into LearnSpam from their mail client. Once `mailglue
-    learn` has run, the scanning spamd has learned each as ham and the folders are empty of
-    them: on every mail store, not only where the MX's own 127.0.0.1 would find an IMAP server."""
+    a message the filter tagged wrongly and moves it into LearnSpam from their mail client.
+    Once `mailglue learn` has run, the scanning spamd has learned each as ham and the folders
+    are empty of them: on every mail store, not only where an MX's 127.0.0.1 would find one."""
     scanner = next(h for h in hosts() if "scanners" in h.groups)  # learn teaches the first
     passwords = users()
     members: dict[str, str] = {}  # the first member of each store
@@ -478,7 +478,9 @@ def quota_limit_kib(store: bed.Host, uid: str) -> int | None:
 def test_members_see_their_ldap_quota_on_their_own_mailstore(deployed: dict[str, Any]) -> None:
     """Each member with a quota in LDAP (quota_kib) logs in on the store that holds their
     mailbox and is shown that quota once `mailglue quota` has run."""
-    wanted = {u["uid"]: int(u["quota_kib"]) for u in inventory_vars()["ldap_users"] if "quota_kib" in u}
+    wanted = {
+        u["uid"]: int(u["quota_kib"]) for u in inventory_vars()["ldap_users"] if "quota_kib" in u
+    }
     assert wanted, "the inventory gives no member a quota"
     for uid in wanted:
         quota_limit_kib(store_of(uid), uid)  # Cyrus makes the mailbox at the first login
