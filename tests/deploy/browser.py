@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+
+BASE = "https://localhost"  # the webmail `make up` serves
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -42,3 +46,33 @@ def browser(deployed: dict[str, Any]) -> Iterator[WebDriver]:
 
 def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
     return WebDriverWait(driver, timeout).until(condition)
+
+
+# --- what a member does in Roundcube --------------------------------------------------------------
+
+
+def login(driver: WebDriver, user: str, password: str, base: str = BASE) -> None:
+    driver.get(base + "/")
+    wait(driver, ec.visibility_of_element_located((By.ID, "rcmloginuser"))).send_keys(user)
+    driver.find_element(By.ID, "rcmloginpwd").send_keys(password)
+    driver.find_element(By.ID, "rcmloginsubmit").click()
+
+
+def logged_in(driver: WebDriver, user: str, password: str, base: str = BASE) -> None:
+    login(driver, user, password, base)
+    wait(driver, ec.presence_of_element_located((By.ID, "messagelist")))
+
+
+def compose_and_send(
+    driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE
+) -> None:
+    driver.get(base + "/?_task=mail&_action=compose")
+    recipient = wait(
+        driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
+    )
+    for address in to:
+        recipient.send_keys(address + ",")
+    driver.find_element(By.ID, "compose-subject").send_keys(subject)
+    driver.find_element(By.ID, "composebody").send_keys(body)
+    driver.find_element(By.CSS_SELECTOR, "button.send").click()
+    wait(driver, lambda d: "_action=compose" not in d.current_url, timeout=60)

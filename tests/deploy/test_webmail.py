@@ -32,7 +32,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select
 
-from tests.deploy.browser import wait
+from tests.deploy.browser import BASE, compose_and_send, logged_in, login, wait
 from tests.deploy.mailuser import (
     OUTSIDE,
     RemoteMx,
@@ -50,20 +50,7 @@ from tests.harness.smtp import send, tls_context
 
 pytestmark = DEPLOY_MARKS
 
-BASE = "https://localhost"
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-
-
-def login(driver: WebDriver, user: str, password: str) -> None:
-    driver.get(BASE + "/")
-    wait(driver, ec.visibility_of_element_located((By.ID, "rcmloginuser"))).send_keys(user)
-    driver.find_element(By.ID, "rcmloginpwd").send_keys(password)
-    driver.find_element(By.ID, "rcmloginsubmit").click()
-
-
-def logged_in(driver: WebDriver, user: str, password: str) -> None:
-    login(driver, user, password)
-    wait(driver, ec.presence_of_element_located((By.ID, "messagelist")))
 
 
 def uid_of(who: dict[str, str], subject: str, folder: str = "INBOX") -> str:
@@ -152,19 +139,6 @@ def test_inbox_lists_a_delivered_message_and_shows_its_headers(
 
 
 # --- sending --------------------------------------------------------------------------------------
-
-
-def compose_and_send(driver: WebDriver, to: list[str], subject: str, body: str) -> None:
-    driver.get(BASE + "/?_task=mail&_action=compose")
-    recipient = wait(
-        driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
-    )
-    for address in to:
-        recipient.send_keys(address + ",")
-    driver.find_element(By.ID, "compose-subject").send_keys(subject)
-    driver.find_element(By.ID, "composebody").send_keys(body)
-    driver.find_element(By.CSS_SELECTOR, "button.send").click()
-    wait(driver, lambda d: "_action=compose" not in d.current_url, timeout=60)
 
 
 def test_send_to_a_colleague_and_the_outside(

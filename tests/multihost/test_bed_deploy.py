@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 import yaml
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
 
+from tests.deploy.browser import (
+    browser,  # noqa: F401  (the fixture)
+    compose_and_send,
+    logged_in,
+    wait,
+)
 from tests.deploy.mailuser import OUTSIDE, RemoteMx, dkim_signatures, outside_mx
 from tests.deploy.stack import smoke
 from tests.harness.managesieve import ManageSieve
@@ -492,6 +501,38 @@ def test_members_see_their_ldap_quota_on_their_own_mailstore(deployed: dict[str,
         shown = {uid: quota_limit_kib(store_of(uid), uid) for uid in wanted}
     RESULTS.append(("all", "quotas", f"{shown} (mailglue-quota on {restarted})"))
     assert shown == wanted, (shown, restarted)
+
+
+def test_a_member_reads_and_writes_in_webmail_under_systemd(
+    browser: WebDriver,  # noqa: F811  (the fixture imported above)
+    outside: RemoteMx,
+) -> None:
+    """Webmail as nginx, PHP-FPM and Roundcube run under systemd: alice opens the host's
+    address in a real browser, logs in, finds a letter from a friend elsewhere in her inbox
+    and answers it to the friend and to bob. Bob finds it in his mailbox; the friend's MX gets
+    it signed."""
+    if LAYOUT != "single":
+        pytest.skip("the split inventory runs no webmail")
+    (host,) = hosts()
+    base = f"https://{host.address}"
+    passwords = users()
+    mark = uuid.uuid4().hex[:10]
+    incoming = f"hello alice {mark}"
+    friend = f"friend.{mark}@example.net"
+    raw = mail(friend, "alice@example.org", incoming, "Are you there?\n")
+    tx = send((host.address, 25), friend, ["alice@example.org"], raw, starttls=True)
+    assert tx.data is not None and tx.data.code == 250, tx
+    logged_in(browser, "alice", passwords["alice"], base)
+    wait(browser, ec.text_to_be_present_in_element((By.ID, "messagelist"), incoming))
+    answer = f"re webmail {mark}"
+    compose_and_send(browser, [friend, "bob@example.org"], answer, "Yes, here.", base)
+    at_the_friend = outside.find(answer, timeout=90)
+    in_bobs_box = imap_find(host.address, "bob", passwords["bob"], answer, 60)
+    shown = {"in bob's INBOX": in_bobs_box, "at the friend's MX": signed(at_the_friend)}
+    RESULTS.append((host.fqdn, "webmail", str(shown)))
+    assert in_bobs_box, shown
+    signatures = shown["at the friend's MX"]
+    assert isinstance(signatures, dict) and signatures and all(signatures.values()), shown
 
 
 def send_to_alice(mx: bed.Host, store: bed.Host, password: str) -> tuple[int | None, bool]:
