@@ -7,9 +7,12 @@ incoming X-Spam-* header and adds its own, so in a stored message they are ours.
 - no X-Spam-Status (not scored by us, or forwarded as a new message): reported and left in
   the folder for a human.
 
-A message leaves the folder only after spamd confirmed it learned it (`DidSet: local`); a run
-interrupted between the two finishes on the next run (see `spamtell.teach`). Messages already
-flagged \\Deleted by an interrupted run were confirmed before, and are only expunged.
+Every spamd in `spamd.backends` is taught: each scanner keeps a Bayes database of its own, and
+the milter may score with any of them. A message leaves the folder only after each confirmed it
+learned it (`DidSet: local`); while one is down it stays, and the next run teaches it again
+(a spamd that has it already confirms it once more, see `spamtell.teach`). So does a run
+interrupted between the two. Messages already flagged \\Deleted by an interrupted run were
+confirmed before, and are only expunged.
 """
 
 from __future__ import annotations
@@ -128,19 +131,28 @@ class Learner:
         if len(raw) > self.config.max_size:
             self._record("too_big", fields, reason=f"{len(raw)} bytes > learn.max_size")
             return
-        try:
-            taught = teach(
-                self.config.spamd,
-                learnable_copy(raw),
-                verdict,
-                self.config.spamd_timeout,
-                self.config.spamd_user,
-            )
-        except (OSError, SpamdError) as exc:
-            self._record("error", fields, reason=f"spamd: {exc}")
+        copy = learnable_copy(raw)
+        taught: list[Taught] = []
+        failed: list[str] = []
+        for backend in self.config.spamd:
+            try:
+                taught.append(
+                    teach(
+                        (backend,),
+                        copy,
+                        verdict,
+                        self.config.spamd_timeout,
+                        self.config.spamd_user,
+                    )
+                )
+            except (OSError, SpamdError) as exc:
+                failed.append(f"{backend}: {exc}")
+        if failed:
+            reason = f"spamd: {'; '.join(failed)} (left in the folder for the next run)"
+            self._record("error", fields, reason=reason)
             return
         self._remove(imap, uid)
-        self._record(verdict.value if taught is Taught.LEARNED else "already_learned", fields)
+        self._record(verdict.value if Taught.LEARNED in taught else "already_learned", fields)
 
     def _remove(self, imap: imaplib.IMAP4, uid: str) -> None:
         """Out of the folder, now that spamd confirmed: moved, or deleted and expunged."""

@@ -323,3 +323,74 @@ def test_learn_teaches_spamd_and_empties_the_folder_once(
     second = mailglue("learn", "--config", str(config))
     assert second.stdout.strip() == "learn: 1 unknown"
     assert learning_spamd.learned() == (1, 1)
+
+
+def learn_config(path: Path, cyrus: Cyrus, spamds: list[LearningSpamd], log: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "imap": {
+                    "host": cyrus.host,
+                    "port": cyrus.imap_port,
+                    "security": "none",
+                    "user": ADMIN_USER,
+                    "password": ADMIN_PASSWORD,
+                    "folder": LEARN_FOLDER,
+                },
+                "spamd": {"backends": [f"inet:{d.host}:{d.port}" for d in spamds]},
+                "log": {"file": str(log)},
+            }
+        )
+    )
+    return path
+
+
+def in_learn_folder(cyrus: Cyrus, message_id: str) -> bool:
+    with cyrus.imap() as imap:
+        imap.select(LEARN_FOLDER, readonly=True)
+        typ, data = imap.search(None, "HEADER", "Message-ID", message_id)
+        return typ == "OK" and bool(data and data[0])
+
+
+def test_learn_teaches_every_spamd_and_keeps_the_message_while_one_is_down(
+    cyrus: Cyrus, learning_spamd: LearningSpamd, stack_root: Path, tmp_path: Path
+) -> None:
+    """Each scanner has its own Bayes, and the milter may score with either: both must learn
+    what a member reported. With the second spamd down the message stays in the folder (the
+    first has learned it); once it is up, the next run teaches it and removes the message."""
+    second = LearningSpamd(stack_root / "learning-spamd-second")
+    message_id = unique_message_id()
+    tagged = build_message(
+        body="The committee meets on Thursday; agenda attached.\n", message_id=message_id,
+        extra_headers={"X-Spam-Status": "Yes, score=3.5 required=3.0 tests=MG_TEST=3.5",
+                       "X-Spam-Flag": "YES"},
+    )  # fmt: skip
+    with cyrus.imap() as imap:
+        imap.create(LEARN_FOLDER)  # a NO when the test above made it already
+        assert imap.setacl(LEARN_FOLDER, ADMIN_USER, "lrswitex")[0] == "OK"
+    append(cyrus, tagged)
+    config = learn_config(tmp_path / "learn.yaml", cyrus, [learning_spamd, second], tmp_path / "l")
+    first_before = learning_spamd.learned()
+
+    while_down = mailglue("learn", "--config", str(config))
+    assert while_down.returncode == 1, while_down.stdout + while_down.stderr
+    assert "1 error" in while_down.stdout, while_down.stdout
+    assert learning_spamd.learned()[1] == first_before[1] + 1  # the first learned it
+    assert in_learn_folder(cyrus, message_id)  # and it waits for the second
+    event = next(
+        e
+        for e in map(json.loads, (tmp_path / "l").read_text().splitlines())
+        if e.get("message_id") == message_id
+    )
+    assert event["outcome"] == "error" and f":{second.port}" in event["reason"], event
+
+    second.start()
+    try:
+        once_up = mailglue("learn", "--config", str(config))
+        assert once_up.returncode == 0, once_up.stdout + once_up.stderr
+        assert "1 ham" in once_up.stdout, once_up.stdout
+        assert second.learned() == (0, 1)
+        assert learning_spamd.learned()[1] == first_before[1] + 1  # not counted twice
+        assert not in_learn_folder(cyrus, message_id)
+    finally:
+        second.stop()
