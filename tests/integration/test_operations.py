@@ -266,6 +266,26 @@ def append(cyrus: Cyrus, message: bytes) -> None:
         assert typ == "OK", data
 
 
+def learn_config(path: Path, cyrus: Cyrus, spamds: list[LearningSpamd], log: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "imap": {
+                    "host": cyrus.host,
+                    "port": cyrus.imap_port,
+                    "security": "none",
+                    "user": ADMIN_USER,
+                    "password": ADMIN_PASSWORD,
+                    "folder": LEARN_FOLDER,
+                },
+                "spamd": {"backends": [f"inet:{d.host}:{d.port}" for d in spamds]},
+                "log": {"file": str(log)},
+            }
+        )
+    )
+    return path
+
+
 def test_learn_teaches_spamd_and_empties_the_folder_once(
     cyrus: Cyrus, learning_spamd: LearningSpamd, tmp_path: Path
 ) -> None:
@@ -288,23 +308,7 @@ def test_learn_teaches_spamd_and_empties_the_folder_once(
     foreign = build_message(body="Not scanned by us.\n", message_id=unique_message_id())
     for message in (tagged, missed, foreign):
         append(cyrus, message)
-    config = tmp_path / "learn.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "imap": {
-                    "host": cyrus.host,
-                    "port": cyrus.imap_port,
-                    "security": "none",
-                    "user": ADMIN_USER,
-                    "password": ADMIN_PASSWORD,
-                    "folder": LEARN_FOLDER,
-                },
-                "spamd": {"backends": [f"inet:{learning_spamd.host}:{learning_spamd.port}"]},
-                "log": {"file": str(tmp_path / "learn.json")},
-            }
-        )
-    )
+    config = learn_config(tmp_path / "learn.yaml", cyrus, [learning_spamd], tmp_path / "learn.json")
     assert learning_spamd.learned() == (0, 0)
 
     first = mailglue("learn", "--config", str(config))
@@ -323,26 +327,6 @@ def test_learn_teaches_spamd_and_empties_the_folder_once(
     second = mailglue("learn", "--config", str(config))
     assert second.stdout.strip() == "learn: 1 unknown"
     assert learning_spamd.learned() == (1, 1)
-
-
-def learn_config(path: Path, cyrus: Cyrus, spamds: list[LearningSpamd], log: Path) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "imap": {
-                    "host": cyrus.host,
-                    "port": cyrus.imap_port,
-                    "security": "none",
-                    "user": ADMIN_USER,
-                    "password": ADMIN_PASSWORD,
-                    "folder": LEARN_FOLDER,
-                },
-                "spamd": {"backends": [f"inet:{d.host}:{d.port}" for d in spamds]},
-                "log": {"file": str(log)},
-            }
-        )
-    )
-    return path
 
 
 def in_learn_folder(cyrus: Cyrus, message_id: str) -> bool:
