@@ -422,6 +422,9 @@ def bayes_ham_count(scanner: bed.Host) -> int:
     return int(found.group(1)) if found else 0
 
 
+ADMIN = "cyrus"  # mail_admin_user
+
+
 def in_learnspam(store: bed.Host, token: str) -> bool:
     """Whether a message carrying `token` is still in the store's LearnSpam (the admin reads
     it; members may only put mail there)."""
@@ -430,9 +433,6 @@ def in_learnspam(store: bed.Host, token: str) -> bool:
         assert status == "OK", data
         status, data = imap.search(None, "SUBJECT", f'"{token}"')
         return status == "OK" and bool(data and data[0])
-
-
-ADMIN = "cyrus"  # mail_admin_user
 
 
 def test_what_members_file_in_learnspam_is_learned_on_every_mailstore(
