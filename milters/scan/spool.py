@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 from typing import BinaryIO
 
 
@@ -21,6 +22,8 @@ class Spool:
         self.size = 0
         self.eight_bit = False  # any byte above 127 so far (decides LMTP BODY=8BITMIME)
         self._memory = bytearray()
+        self._frozen: bytes | None = None  # the body in memory as one object all readers share
+        self._freezing = threading.Lock()
         self._file: BinaryIO | None = None
         self._path: str | None = None
         self._digest: bytes | None = None  # body_digest(), once the body is complete
@@ -31,6 +34,9 @@ class Spool:
 
     def write(self, chunk: bytes) -> None:
         self._digest = None
+        if self._frozen is not None:  # more body after a reader was opened
+            self._memory = bytearray(self._frozen)
+            self._frozen = None
         self.size += len(chunk)
         if not self.eight_bit and not chunk.isascii():
             self.eight_bit = True
@@ -60,8 +66,17 @@ class Spool:
         return self._digest
 
     def memory(self) -> bytes:
-        """The body, while it is held in memory (b"" once it went to disk)."""
-        return bytes(self._memory)
+        """The body, while it is held in memory (b"" once it went to disk).
+
+        Frozen into one bytes object that every reader shares (io.BytesIO does not copy it):
+        clamd, spamd, the sender checks and LMTP each read the body, and a copy per reader
+        was most of the milter's memory at 50 sessions with 100 KB messages.
+        """
+        with self._freezing:  # clamd's and spamd's threads open their readers at once
+            if self._frozen is None:
+                self._frozen = bytes(self._memory)
+                self._memory = bytearray()
+            return self._frozen
 
     def reader(self) -> BinaryIO:
         """A new, independent reader positioned at the start."""
@@ -80,6 +95,7 @@ class Spool:
                 os.unlink(self._path)
             self._path = None
         self._memory = bytearray()
+        self._frozen = None
         self.size = 0
         self.eight_bit = False
 

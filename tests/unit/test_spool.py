@@ -1,6 +1,7 @@
 """The spool keeps small messages in memory and large ones on disk, readable twice at once."""
 
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,35 @@ def test_the_body_digest_is_computed_once_and_follows_new_data() -> None:
     assert spool.body_digest() is first  # the memo's key and the Message-ID share one hash
     spool.write(b"more\r\n")
     assert spool.body_digest() != first
+
+
+def test_readers_of_a_body_in_memory_share_one_copy() -> None:
+    """clamd, spamd, the sender checks and LMTP each open a reader; at 50 sessions with 100 KB
+    messages a copy per reader was ~15 MB of the milter's peak memory."""
+    body = b"x" * (1 << 20)
+    spool = Spool(memory_limit=2 << 20)
+    spool.write(body[: 1 << 19])
+    spool.write(body[1 << 19 :])
+    tracemalloc.start()
+    try:
+        readers = [spool.reader() for _ in range(3)]
+        contents = [reader.read() for reader in readers]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert contents == [body] * 3
+    assert peak < (1 << 20) + (64 << 10)  # the body once (the buffer frozen), not once per reader
+
+
+def test_writing_after_a_reader_was_opened_keeps_every_byte() -> None:
+    spool = Spool(memory_limit=16)
+    spool.write(b"one\r\n")
+    with spool.reader() as early:
+        assert early.read() == b"one\r\n"
+    spool.write(b"two\r\n")
+    assert spool.memory() == b"one\r\ntwo\r\n"
+    spool.write(b"three and more\r\n")  # past the limit: to disk, with what came before
+    assert spool.on_disk
+    with spool.reader() as late:
+        assert late.read() == b"one\r\ntwo\r\nthree and more\r\n"
+    spool.close()
