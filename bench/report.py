@@ -356,7 +356,11 @@ def where_the_time_goes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def chart(summary: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the results are written already; only the picture is missing
+        print("no chart: matplotlib is not installed (`make bench` installs the bench extra)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

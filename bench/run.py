@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"SKIPPED {name}: could not start it: {exc}", flush=True)
                 skipped[name] = str(exc).splitlines()[0]
                 names.remove(name)
+        if not names:
+            print("nothing to measure: no configuration started (see SKIPPED above)")
+            return 1
         warm = template("5KB")
         for target in stack.targets.values():  # load rules, fill caches, fork children
             run_one(stack, target, warm, 10, 5)
