@@ -103,20 +103,6 @@ def test_moving_the_milter_and_the_policy_service_keeps_mail_flowing(
     assert {key: shown[key] for key in expected} == expected, shown
 
 
-def test_the_milter_runs_with_the_roles_malloc_settings(deployed: dict[str, Any]) -> None:
-    """The memory the benchmark reports (README) is measured with these settings."""
-    pid = subprocess.run(
-        ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "pid", "mailglue-milter"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
-    assert pid.isdigit(), pid
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert b"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536" in environ
-
-
 def test_relay_to_an_outside_domain_is_refused(deployed: dict[str, Any]) -> None:
     with smtplib.SMTP("127.0.0.1", 25, local_hostname="deploy.test", timeout=60) as smtp:
         smtp.ehlo()

@@ -8,7 +8,6 @@ running one, so most tests share one process.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,19 +18,6 @@ import yaml
 from tests.harness.process import LOOPBACK, ManagedProcess, wait_until
 
 MAILGLUE = str(Path(sys.executable).with_name("mailglue"))
-ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "ansible/roles/mailglue/defaults/main.yml"
-
-
-def deployed_environment() -> dict[str, str]:
-    """This environment plus what the mailglue role sets for the milter (its malloc settings),
-    so the integration tests and the benchmark run the milter as it is deployed. A
-    GLIBC_TUNABLES set by the caller wins (empty: glibc's defaults, to compare)."""
-    defaults = yaml.safe_load(ROLE_DEFAULTS.read_text())
-    tunables = str(defaults["mailglue_milter_malloc_tunables"])
-    env = dict(os.environ)
-    if tunables:
-        env.setdefault("GLIBC_TUNABLES", tunables)
-    return env
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +58,6 @@ class ScanMilter:
             "mailglue-milter",
             [MAILGLUE, "milter", "--config", str(self.config_path)],
             self.log_path,
-            env=deployed_environment(),
         )
         self.process.start()
         self.process.wait_ready((LOOPBACK, self.port), timeout=20)
