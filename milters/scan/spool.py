@@ -60,7 +60,7 @@ class Spool:
         if self._digest is None:
             digest = hashlib.sha256()
             with self.reader() as body:
-                while chunk := body.read(1 << 20):
+                while chunk := body.read(32 * 1024):  # small pieces: see scanners/clamd.py
                     digest.update(chunk)
             self._digest = digest.digest()
         return self._digest

