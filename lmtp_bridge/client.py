@@ -62,8 +62,8 @@ __all__ = [
     "Timings",
 ]
 
-# 32 KB pieces: each session then holds fewer bytes in flight. With 64 and 256 KB pieces the
-# milter peaked at 58 MB with 100 KB mail at 50 sessions, with 32 KB at 51 MB (same CPU).
+# 32 KB pieces: each session then holds fewer bytes in flight. 100 KB mail at 50 sessions:
+# peak 57 MB with 64 KB to 1 MB pieces, 52 MB with 32 KB (README, memory notes of 2026-12-07).
 CHUNK_SIZE = 32 * 1024
 _RECV_SIZE = 64 * 1024
 

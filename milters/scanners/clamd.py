@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 from milters.common.sockets import Address, ConnectionDropped, exchange_any, rewinder
 
-# 32 KB pieces: each session then holds fewer bytes in flight. With 64 and 256 KB pieces the
-# milter peaked at 58 MB with 100 KB mail at 50 sessions, with 32 KB at 51 MB (same CPU).
+# 32 KB pieces: each session then holds fewer bytes in flight. 100 KB mail at 50 sessions:
+# peak 57 MB with 64 KB to 1 MB pieces, 52 MB with 32 KB (README, memory notes of 2026-12-07).
 CHUNK = 32 * 1024
 MAX_REPLY_BYTES = 64 * 1024
 
