@@ -20,8 +20,13 @@ from typing import BinaryIO, TypeVar
 from lmtp_bridge.address import BackendAddress as Address
 from lmtp_bridge.address import BackendAddressError, InetAddress, UnixAddress, connect
 from lmtp_bridge.address import parse_backend_address as parse_address
+from lmtp_bridge.client import CHUNK_SIZE
+
+# Bytes read and sent at a time, the same for clamd, spamd and LMTP (why: lmtp_bridge.client).
+PIECE = CHUNK_SIZE
 
 __all__ = [
+    "PIECE",
     "Address",
     "AllBackendsFailed",
     "BackendAddressError",

@@ -14,6 +14,8 @@ import tempfile
 import threading
 from typing import BinaryIO
 
+from milters.common.sockets import PIECE
+
 
 class Spool:
     def __init__(self, memory_limit: int, directory: str | None = None) -> None:
@@ -60,7 +62,7 @@ class Spool:
         if self._digest is None:
             digest = hashlib.sha256()
             with self.reader() as body:
-                while chunk := body.read(32 * 1024):  # small pieces: see scanners/clamd.py
+                while chunk := body.read(PIECE):
                     digest.update(chunk)
             self._digest = digest.digest()
         return self._digest

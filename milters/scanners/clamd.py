@@ -12,11 +12,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from milters.common.sockets import Address, ConnectionDropped, exchange_any, rewinder
+from milters.common.sockets import (
+    PIECE,
+    Address,
+    ConnectionDropped,
+    exchange_any,
+    rewinder,
+)
 
-# 32 KB pieces: each session then holds fewer bytes in flight. 100 KB mail at 50 sessions:
-# peak 57 MB with 64 KB to 1 MB pieces, 52 MB with 32 KB (README, memory notes of 2026-12-07).
-CHUNK = 32 * 1024
 MAX_REPLY_BYTES = 64 * 1024
 
 
@@ -78,10 +81,10 @@ def scan(
             for part in parts:
                 sock.sendall(frame(part))
             if isinstance(message, bytes):
-                for start in range(0, len(message), CHUNK):
-                    sock.sendall(frame(message[start : start + CHUNK]))
+                for start in range(0, len(message), PIECE):
+                    sock.sendall(frame(message[start : start + PIECE]))
             else:
-                while chunk := message.read(CHUNK):
+                while chunk := message.read(PIECE):
                     sock.sendall(frame(chunk))
             sock.sendall(frame(b""))
         except (BrokenPipeError, ConnectionResetError):

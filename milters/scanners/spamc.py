@@ -19,14 +19,17 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
-from milters.common.sockets import Address, ConnectionDropped, exchange_any, rewinder
+from milters.common.sockets import (
+    PIECE,
+    Address,
+    ConnectionDropped,
+    exchange_any,
+    rewinder,
+)
 
 PROTOCOL = b"SPAMC/1.5"
 TESTS_HEADER = b"x-spam-mailglue-tests"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-# 32 KB pieces: each session then holds fewer bytes in flight. 100 KB mail at 50 sessions:
-# peak 57 MB with 64 KB to 1 MB pieces, 52 MB with 32 KB (README, memory notes of 2026-12-07).
-CHUNK = 32 * 1024
 
 
 class SpamdError(Exception):
@@ -135,7 +138,7 @@ def _read_all(sock: socket.socket) -> bytes:
     parts: list[bytes] = []
     total = 0
     while True:
-        chunk = sock.recv(CHUNK)
+        chunk = sock.recv(PIECE)
         if not chunk:
             return b"".join(parts)
         total += len(chunk)
@@ -164,7 +167,7 @@ def check(
         if isinstance(message, bytes):
             sock.sendall(message)
         else:
-            while chunk := message.read(CHUNK):
+            while chunk := message.read(PIECE):
                 sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
         data = _read_all(sock)
