@@ -71,8 +71,8 @@ class Spool:
         """The body, while it is held in memory (b"" once it went to disk).
 
         Frozen into one bytes object that every reader shares (io.BytesIO does not copy it):
-        clamd, spamd, the sender checks and LMTP each read the body, and a copy per reader
-        was most of the milter's memory at 50 sessions with 100 KB messages.
+        clamd, spamd, the sender checks and LMTP each read the body, and each used to get a
+        copy of its own.
         """
         with self._freezing:  # clamd's and spamd's threads open their readers at once
             if self._frozen is None:

@@ -89,8 +89,8 @@ def test_the_body_digest_is_computed_once_and_follows_new_data() -> None:
 
 
 def test_readers_of_a_body_in_memory_share_one_copy() -> None:
-    """clamd, spamd, the sender checks and LMTP each open a reader; at 50 sessions with 100 KB
-    messages a copy per reader was ~15 MB of the milter's peak memory."""
+    """clamd, spamd, the sender checks and LMTP each open a reader; each used to get its own
+    copy of the body."""
     body = b"x" * (1 << 20)
     spool = Spool(memory_limit=2 << 20)
     spool.write(body[: 1 << 19])
