@@ -4,6 +4,7 @@ through Debian's chromedriver. The webmail and the mailing lists' pages are test
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,9 +64,8 @@ def logged_in(driver: WebDriver, user: str, password: str, base: str = BASE) -> 
     wait(driver, ec.presence_of_element_located((By.ID, "messagelist")))
 
 
-def compose_and_send(
-    driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE
-) -> None:
+def compose(driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE) -> None:
+    """Open a new message and fill in its recipients, subject and text."""
     driver.get(base + "/?_task=mail&_action=compose")
     recipient = wait(
         driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
@@ -74,5 +74,38 @@ def compose_and_send(
         recipient.send_keys(address + ",")
     driver.find_element(By.ID, "compose-subject").send_keys(subject)
     driver.find_element(By.ID, "composebody").send_keys(body)
+
+
+def shown_error(driver: WebDriver) -> str | None:
+    """The error Roundcube shows in its message stack, if any."""
+    errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#messagestack div.error")]
+    return errors[0] if errors else None
+
+
+def attach(driver: WebDriver, path: Path) -> str | None:
+    """Attach a file to the open message, as *Attach a file* does; None once it is attached,
+    else the error Roundcube showed."""
+    before = len(driver.find_elements(By.CSS_SELECTOR, "#attachment-list li:not(.uploading)"))
+    field = driver.find_element(By.CSS_SELECTOR, "input[type=file][name='_attachments[]']")
+    field.send_keys(str(path))
+
+    def attached(d: WebDriver) -> bool:
+        return len(d.find_elements(By.CSS_SELECTOR, "#attachment-list li:not(.uploading)")) > before
+
+    wait(driver, lambda d: attached(d) or shown_error(d), timeout=120)
+    return shown_error(driver)
+
+
+def send_composed(driver: WebDriver) -> str | None:
+    """Send the open message; None once Roundcube has left the compose page, else its error."""
     driver.find_element(By.CSS_SELECTOR, "button.send").click()
-    wait(driver, lambda d: "_action=compose" not in d.current_url, timeout=60)
+    wait(driver, lambda d: "_action=compose" not in d.current_url or shown_error(d), timeout=120)
+    return shown_error(driver)
+
+
+def compose_and_send(
+    driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE
+) -> None:
+    compose(driver, to, subject, body, base)
+    error = send_composed(driver)
+    assert error is None, f"Roundcube did not send it: {error}"

@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import smtplib
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -176,6 +178,24 @@ def in_folder(
         who["uid"], who["password"], subject, timeout=timeout, mailbox=folder
     )
     return found
+
+
+def attachments_of(who: dict[str, str], subject: str) -> list[bytes]:
+    """The attached files of the newest message with this subject in the INBOX, over IMAPS."""
+    with smoke.imap_login(who["uid"], who["password"]) as imap:
+        imap.select("INBOX", readonly=True)
+        _, found = imap.search(None, "SUBJECT", f'"{subject}"')
+        _, fetched = imap.fetch(found[0].split()[-1], "(BODY.PEEK[])")
+    raw = next(part[1] for part in fetched if isinstance(part, tuple))
+    stored = message_from_bytes(raw, policy=SMTP)
+    return [part.get_content() for part in stored.iter_attachments()]
+
+
+def size_limit() -> int:
+    """The largest message the server takes, as a mail client learns it: EHLO's SIZE."""
+    with smtplib.SMTP(*SUBMISSION, timeout=30) as smtp:
+        smtp.ehlo("laptop.journey.test")
+        return int(smtp.esmtp_features["size"])
 
 
 def assert_delivered(tx: Transaction) -> None:

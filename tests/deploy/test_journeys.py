@@ -12,6 +12,7 @@ import base64
 import contextlib
 import imaplib
 import json
+import os
 import re
 import smtplib
 import socket
@@ -19,6 +20,9 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +33,14 @@ from tests.deploy.mailuser import (
     SUBMISSION,
     RemoteMx,
     assert_delivered,
+    attachments_of,
     dkim_signatures,
     dkim_verifies,
     from_outside,
     in_folder,
     message,
     person,
+    size_limit,
     submit,
     tagged_from_outside,
     token,
@@ -120,6 +126,55 @@ def test_plus_address_reaches_the_inbox(deployed: dict[str, Any]) -> None:
     subject = f"newsletter {token()}"
     assert_delivered(from_outside("news@example.net", ["bob+news@example.org"], subject))
     assert in_folder(bob, subject) is not None
+
+
+# --- large mail (the reference page's FAQ: "send or receive large emails?") -----------------
+
+
+def with_attachment(who: dict[str, str], to: str, subject: str, data: bytes) -> bytes:
+    """A member's message with `data` attached as a file (base64 makes it ~4/3 as large)."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = who["mail"], to, subject
+    msg["Date"] = formatdate(localtime=True)
+    msg.set_content("the data set, as promised\n")
+    msg.add_attachment(data, maintype="application", subtype="octet-stream", filename="data.bin")
+    return msg.as_bytes(policy=SMTP)
+
+
+def test_a_large_attachment_within_the_limit_arrives_intact(deployed: dict[str, Any]) -> None:
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    limit = size_limit()
+    assert limit >= 10 * 1024 * 1024, f"EHLO SIZE {limit}: below the documented 25 MB default"
+    subject = f"data set {token()}"
+    data = os.urandom(limit * 7 // 10)
+    raw = with_attachment(alice, bob["mail"], subject, data)
+    assert limit * 9 // 10 < len(raw) < limit
+    login = (alice["uid"], alice["password"])
+    options = [f"SIZE={len(raw)}"]
+    assert_delivered(
+        send(SUBMISSION, alice["mail"], [bob["mail"]], raw, login=login, mail_options=options)
+    )
+    assert in_folder(bob, subject) is not None, "not in bob's INBOX"
+    assert attachments_of(bob, subject) == [data], "the file bob got is not the file alice sent"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["size-declared", "size-not-declared"])
+def test_a_message_over_the_limit_is_refused_with_552_and_never_delivered(
+    deployed: dict[str, Any], declared: bool
+) -> None:
+    """A client that declares the size (Thunderbird does) hears 552 at MAIL FROM; one that does
+    not sends it all and hears 552 after DATA. Either way nothing reaches the mailbox."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    limit = size_limit()
+    subject = f"too big {token()}"
+    raw = with_attachment(alice, bob["mail"], subject, os.urandom(limit * 8 // 10))
+    assert len(raw) > limit
+    login = (alice["uid"], alice["password"])
+    options = [f"SIZE={len(raw)}"] if declared else []
+    tx = send(SUBMISSION, alice["mail"], [bob["mail"]], raw, login=login, mail_options=options)
+    refusal = tx.mail if declared else tx.data
+    assert refusal is not None and refusal.code == 552 and refusal.enhanced == "5.3.4", tx
+    assert in_folder(bob, subject, timeout=5) is None, "delivered although refused"
 
 
 # --- aliases ---------------------------------------------------------------------------------

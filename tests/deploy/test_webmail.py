@@ -32,15 +32,26 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select
 
-from tests.deploy.browser import BASE, compose_and_send, logged_in, login, wait
+from tests.deploy.browser import (
+    BASE,
+    attach,
+    compose,
+    compose_and_send,
+    logged_in,
+    login,
+    send_composed,
+    wait,
+)
 from tests.deploy.mailuser import (
     OUTSIDE,
     RemoteMx,
     assert_delivered,
+    attachments_of,
     dkim_verifies,
     from_outside,
     in_folder,
     person,
+    size_limit,
     tagged_from_outside,
     token,
 )
@@ -173,6 +184,49 @@ def test_send_to_a_colleague_and_the_outside(
     assert "sasl=alice" in shown.stdout and "from      alice@example.org" in shown.stdout, (
         shown.stdout
     )
+
+
+def largest_file_webmail_takes() -> int:
+    """The largest file Roundcube lets a member attach: its check counts 10 KB for the text
+    and 1.33 bytes per byte of the file against its `max_message_size`."""
+    config = Path("/etc/roundcube/config.inc.php").read_text(encoding="utf-8")
+    found = re.search(r"\$config\['max_message_size'\] = '(\d+)';", config)
+    assert found, "no max_message_size in Roundcube's configuration"
+    return int((int(found.group(1)) - 10 * 1024) / 1.33)
+
+
+def test_the_largest_file_webmail_takes_is_sent_and_arrives_intact(
+    deployed: dict[str, Any], browser: WebDriver, tmp_path: Path
+) -> None:
+    """Whatever Roundcube lets a member attach (~18 MB of the default 25 MB), the server then
+    takes: the colleague's copy is the same file, not a 552 at sending."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    subject = f"the data set {token()}"
+    data = os.urandom(largest_file_webmail_takes())
+    assert len(data) > size_limit() // 2
+    (tmp_path / "data.bin").write_bytes(data)
+    logged_in(browser, alice["uid"], alice["password"])
+    compose(browser, [bob["mail"]], subject, "Here it is.")
+    assert attach(browser, tmp_path / "data.bin") is None
+    assert send_composed(browser) is None
+    assert in_folder(bob, subject, timeout=120) is not None, "not in bob's INBOX"
+    assert attachments_of(bob, subject) == [data], "bob's copy is not the file alice attached"
+
+
+def test_a_file_too_large_to_send_is_refused_when_attached(
+    deployed: dict[str, Any], browser: WebDriver, tmp_path: Path
+) -> None:
+    """Base64 makes a file ~4/3 as large, so a file of 80 % of the limit would make the message
+    too large: Roundcube says so as it is attached, naming the largest file that fits (~18 MB
+    of the default 25 MB), before anything is sent."""
+    alice = person(deployed, "alice")
+    limit = size_limit()
+    (tmp_path / "big.bin").write_bytes(os.urandom(limit * 4 // 5))
+    logged_in(browser, alice["uid"], alice["password"])
+    compose(browser, [alice["mail"]], f"too big {token()}", "Will not fit.")
+    refused = attach(browser, tmp_path / "big.bin")
+    largest_file_mb = int(limit / 1.33 / 1024 / 1024)  # Roundcube's own allowance for base64
+    assert refused is not None and f"maximum size of {largest_file_mb} MB" in refused, refused
 
 
 def milter_events() -> list[dict[str, Any]]:

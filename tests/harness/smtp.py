@@ -69,11 +69,13 @@ def send(
     login: tuple[str, str] | None = None,
     starttls: bool = False,
     source: str | None = None,
+    mail_options: Sequence[str] = (),
 ) -> Transaction:
     """One SMTP transaction; the message goes verbatim (smtplib only dot-stuffs bytes).
 
     `login` implies STARTTLS first, as a mail client does; `source` picks the client's own
-    loopback address (each address is a different client to Postfix's anvil).
+    loopback address (each address is a different client to Postfix's anvil); `mail_options`
+    go on MAIL FROM (e.g. `SIZE=…`, as a mail client declares a message's size).
     """
     bind = (source, 0) if source else None
     with smtplib.SMTP(*address, timeout=timeout, source_address=bind) as smtp:
@@ -89,7 +91,7 @@ def send(
                 tx.mail = Reply(NO_REPLY, f"AUTH refused: {exc.smtp_code} {exc.smtp_error!r}")
                 return tx
         try:
-            tx.mail = _reply(*smtp.mail(sender))
+            tx.mail = _reply(*smtp.mail(sender, list(mail_options)))
             if tx.mail.code // 100 != 2:
                 return tx
             for rcpt in recipients:
