@@ -14,7 +14,7 @@ from pathlib import Path
 
 from milters.common.configkit import ConfigReader, load_yaml, log_file
 from milters.common.mailman import MailmanApi, read_mailman
-from milters.lists.plan import NONMEMBER_ACTIONS, ROLES, DomainSpec, ListSpec
+from milters.lists.plan import ARCHIVE_POLICIES, NONMEMBER_ACTIONS, ROLES, DomainSpec, ListSpec
 
 # Mailman's `listname_chars` (Debian's mailman.cfg and Mailman's default): lower case only.
 _LIST_LOCAL = re.compile(r"^[-_.0-9a-z]+$")
@@ -115,6 +115,8 @@ def _list(reader: ConfigReader) -> ListSpec | None:
     roles = {role: _addresses(reader, f"{role}s") for role in ROLES}
     action = reader.choice("nonmember_action", "hold", NONMEMBER_ACTIONS)
     members_only = reader.boolean("members_only", False)
+    max_message_kb = reader.integer("max_message_kb", 0, minimum=0)
+    archive_policy = reader.choice("archive_policy", "private", ARCHIVE_POLICIES)
     reader.finish()
     if members_only and action == "accept":
         reader.problem(
@@ -140,6 +142,8 @@ def _list(reader: ConfigReader) -> ListSpec | None:
         description=description,
         nonmember_action=action,
         members_only=members_only,
+        max_message_kb=max_message_kb,
+        archive_policy=archive_policy,
     )
 
 

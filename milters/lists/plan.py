@@ -7,8 +7,10 @@ here, and someone the inventory names is added once, not again after they left: 
 `Ledger` remembers who the inventory already put on each list (or found there). A list
 Mailman does not have (new, or lost with its database) is seeded with everyone again.
 
-Settings are the inventory's, not the owners': `default_nonmember_action` always, the
-description when the inventory gives one.
+Settings are the inventory's, not the owners': `default_nonmember_action`,
+`max_message_size` and `archive_policy` always, the description when the inventory gives one.
+Mailman's own defaults for the last two do not suit a department: it holds every post over
+40 KB (any attachment) for the owner to approve, and lets anyone on the web read the archive.
 
 **Nested lists.** A list that is a member of another (staff@ on all@, the FAQ's case) gets
 the other's posts with `To: all@example.org`, and Mailman holds them ("Message has implicit
@@ -30,8 +32,14 @@ from dataclasses import dataclass, field
 
 ROLES = ("owner", "moderator", "member")  # the order they are added in
 NONMEMBER_ACTIONS = ("hold", "reject", "discard", "accept")
+ARCHIVE_POLICIES = ("private", "public", "never")  # members only, anyone, no archive
 # What Mailman 3.3 gives a new list (its default style), for a dry run's list-to-be.
-NEW_LIST_SETTINGS: Mapping[str, str] = {"default_nonmember_action": "hold", "description": ""}
+NEW_LIST_SETTINGS: Mapping[str, str] = {
+    "default_nonmember_action": "hold",
+    "description": "",
+    "max_message_size": "40",
+    "archive_policy": "public",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class ListSpec:
     description: str | None = None  # None: left as the owners set it
     nonmember_action: str = "hold"
     members_only: bool = False  # refused at RCPT by the policy service; not Mailman's
+    max_message_kb: int = 0  # larger posts are held for the owners; 0: only the server's limit
+    archive_policy: str = "private"  # one of ARCHIVE_POLICIES
 
     @property
     def mail_host(self) -> str:
@@ -70,7 +80,11 @@ class ListSpec:
 
     def settings(self) -> dict[str, str]:
         """The list configuration attributes the inventory decides."""
-        wanted = {"default_nonmember_action": self.nonmember_action}
+        wanted = {
+            "default_nonmember_action": self.nonmember_action,
+            "max_message_size": str(self.max_message_kb),
+            "archive_policy": self.archive_policy,
+        }
         if self.description is not None:
             wanted["description"] = self.description
         return wanted

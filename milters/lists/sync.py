@@ -34,7 +34,8 @@ from milters.lists.plan import (
     plan,
 )
 
-SETTINGS = ("default_nonmember_action", "description")  # what plan.py compares
+# what plan.py compares
+SETTINGS = ("default_nonmember_action", "description", "max_message_size", "archive_policy")
 
 
 class StateFileError(Exception):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -45,8 +46,12 @@ def browser(deployed: dict[str, Any]) -> Iterator[WebDriver]:
         driver.quit()
 
 
+# A page that reloads while a condition reads it leaves stale elements: read again, next poll.
+PAGE_CHANGING = (NoSuchElementException, StaleElementReferenceException)
+
+
 def wait(driver: WebDriver, condition: Callable[[Any], Any], timeout: float = 30) -> Any:
-    return WebDriverWait(driver, timeout).until(condition)
+    return WebDriverWait(driver, timeout, ignored_exceptions=PAGE_CHANGING).until(condition)
 
 
 # --- what a member does in Roundcube --------------------------------------------------------------

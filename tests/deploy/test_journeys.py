@@ -20,9 +20,6 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,7 @@ from tests.deploy.mailuser import (
     submit,
     tagged_from_outside,
     token,
+    with_attachment,
 )
 from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, smoke
 from tests.harness.managesieve import ManageSieve, SieveError
@@ -129,16 +127,6 @@ def test_plus_address_reaches_the_inbox(deployed: dict[str, Any]) -> None:
 
 
 # --- large mail (the reference page's FAQ: "send or receive large emails?") -----------------
-
-
-def with_attachment(who: dict[str, str], to: str, subject: str, data: bytes) -> bytes:
-    """A member's message with `data` attached as a file (base64 makes it ~4/3 as large)."""
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = who["mail"], to, subject
-    msg["Date"] = formatdate(localtime=True)
-    msg.set_content("the data set, as promised\n")
-    msg.add_attachment(data, maintype="application", subtype="octet-stream", filename="data.bin")
-    return msg.as_bytes(policy=SMTP)
 
 
 def test_a_large_attachment_within_the_limit_arrives_intact(deployed: dict[str, Any]) -> None:

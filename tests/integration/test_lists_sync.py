@@ -44,6 +44,8 @@ LISTS: list[dict[str, Any]] = [
         "members": ["alice@example.org", "carol@example.org", "staff@example.org"],
         "nonmember_action": "reject",
         "members_only": True,
+        "max_message_kb": 2048,
+        "archive_policy": "public",
     },
 ]
 
@@ -136,10 +138,13 @@ def test_first_run_builds_everything_and_the_second_changes_nothing(
     _, staff = mailman.request("GET", f"lists/{STAFF}/config")
     assert staff["description"] == "Everyone on the staff"
     assert staff["default_nonmember_action"] == "hold"
+    # not Mailman's 40 KB and public archive: no own size limit, the archive for members
+    assert (staff["max_message_size"], staff["archive_policy"]) == (0, "private")
     # staff@ takes team@'s posts (To: team@lists.example.org) as addressed to itself
     assert staff["acceptable_aliases"] == ["team@lists.example.org"]
     _, team = mailman.request("GET", "lists/team.lists.example.org/config")
     assert team["default_nonmember_action"] == "reject"
+    assert (team["max_message_size"], team["archive_policy"]) == (2048, "public")
     assert team["acceptable_aliases"] == []
     # Mailman's own map now routes the lists (what Postfix, the milter and policy read)
     assert "staff-request@example.org " in mailman.transport_map.read_text()
@@ -152,7 +157,10 @@ def test_first_run_builds_everything_and_the_second_changes_nothing(
     configured = {(e["list"], e["attribute"]) for e in inventory.events("lists_configured")}
     assert configured == {
         ("staff@example.org", "description"),  # hold is Mailman's default already
+        ("staff@example.org", "max_message_size"),
+        ("staff@example.org", "archive_policy"),
         ("team@lists.example.org", "default_nonmember_action"),
+        ("team@lists.example.org", "max_message_size"),  # public is Mailman's default already
     }
     (aliased,) = inventory.events("lists_aliases_added")
     assert (aliased["list"], aliased["added"], aliased["aliases"]) == (
@@ -205,7 +213,8 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(
     assert "would: create list staff@example.org" in lines
     assert "would: add member Carol@Example.org to staff@example.org" in lines
     assert (
-        "would: set default_nonmember_action 'hold' -> 'reject' on team@lists.example.org" in lines
+        "would: set default_nonmember_action 'hold' -> 'reject', max_message_size '40' -> '2048' "
+        "on team@lists.example.org" in lines
     )
     assert (
         "would: add team@lists.example.org to the acceptable_aliases of staff@example.org" in lines

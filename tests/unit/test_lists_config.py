@@ -89,7 +89,11 @@ def test_defaults_hold_nonmembers_and_leave_the_description_alone() -> None:
     assert spec.nonmember_action == "hold"
     assert spec.members_only is False
     assert spec.description is None
-    assert spec.settings() == {"default_nonmember_action": "hold"}
+    assert spec.settings() == {
+        "default_nonmember_action": "hold",
+        "max_message_size": "0",  # no limit of the list's own: the server's applies
+        "archive_policy": "private",  # members read the archive, not the whole web
+    }
     assert c.mailman.rest_url == "http://127.0.0.1:8001"
     assert c.mailman.user == "restadmin"
     assert c.domains == ()
@@ -189,6 +193,8 @@ def test_every_problem_of_every_list_at_once() -> None:
                     "moderators": "not-an-address",
                     "members": [1, 2],
                     "nonmember_action": "bounce",
+                    "max_message_kb": -1,
+                    "archive_policy": "secret",
                     "colour": "blue",
                 },
                 {"owners": ["alice@example.org"]},
@@ -205,6 +211,9 @@ def test_every_problem_of_every_list_at_once() -> None:
         "lists.yaml: key 'lists[1].members': must be a list of non-empty strings, got [1, 2]",
         "lists.yaml: key 'lists[1].nonmember_action': must be one of hold, reject, discard, "
         "accept; got 'bounce'",
+        "lists.yaml: key 'lists[1].max_message_kb': must be at least 0, got -1",
+        "lists.yaml: key 'lists[1].archive_policy': must be one of private, public, never; "
+        "got 'secret'",
         "lists.yaml: key 'lists[1].colour': unknown key",
         "lists.yaml: key 'lists[2].name': is required",
         "lists.yaml: key 'lists[3].description': must be one line (Mailman refuses newlines)",

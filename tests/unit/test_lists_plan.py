@@ -34,6 +34,8 @@ STAFF = ListSpec(
 )
 ID = "staff.example.org"
 EMPTY = MailmanState(frozenset(), {})
+# A list's settings once a pass has made them the inventory's (its defaults here).
+SETTLED: Mapping[str, str] = {**NEW_LIST_SETTINGS, **ListSpec("x@example.org").settings()}
 
 
 def state(
@@ -42,7 +44,7 @@ def state(
     domains: tuple[str, ...] = ("example.org",),
 ) -> MailmanState:
     roster = {role: frozenset(v) for role, v in (rosters or {}).items()}
-    listed = ListState(roster, dict(settings or NEW_LIST_SETTINGS))
+    listed = ListState(roster, dict(settings or SETTLED))
     return MailmanState(frozenset(domains), {ID: listed})
 
 
@@ -67,6 +69,11 @@ def test_an_empty_mailman_gets_domain_list_people_in_that_order() -> None:
         Subscribe(ID, "staff@example.org", "bob@example.org", "moderator"),
         Subscribe(ID, "staff@example.org", "carol@example.org", "member"),
         Subscribe(ID, "staff@example.org", "Dave@Relay.test", "member"),
+        Configure(
+            ID,
+            "staff@example.org",
+            (("max_message_size", "40", "0"), ("archive_policy", "public", "private")),
+        ),
     )
     assert result.left == ()
 
@@ -157,12 +164,24 @@ def test_lists_no_longer_in_the_inventory_keep_their_ledger_and_are_left_alone()
 @pytest.mark.parametrize(
     ("have", "expected"),
     [
-        ({"default_nonmember_action": "hold", "description": "x"}, None),
+        ({**SETTLED, "description": "x"}, None),
         (
-            {"default_nonmember_action": "accept", "description": "x"},
+            {**SETTLED, "default_nonmember_action": "accept", "description": "x"},
             (("default_nonmember_action", "accept", "hold"),),
         ),
-        ({}, (("default_nonmember_action", None, "hold"),)),
+        # Mailman's own defaults: posts over 40 KB held, the archive open to the web
+        (
+            {**SETTLED, "max_message_size": "40", "archive_policy": "public"},
+            (("max_message_size", "40", "0"), ("archive_policy", "public", "private")),
+        ),
+        (
+            {},
+            (
+                ("default_nonmember_action", None, "hold"),
+                ("max_message_size", None, "0"),
+                ("archive_policy", None, "private"),
+            ),
+        ),
     ],
 )
 def test_settings_the_inventory_decides(
@@ -173,6 +192,13 @@ def test_settings_the_inventory_decides(
     assert (change.changes if change else None) == expected
 
 
+def test_a_lists_own_size_limit_and_archive_policy_from_the_inventory() -> None:
+    spec = ListSpec("all@example.org", max_message_kb=2048, archive_policy="public")
+    change = settings_change(spec, SETTLED)
+    assert change is not None
+    assert change.values == {"max_message_size": "2048", "archive_policy": "public"}
+
+
 def test_a_described_list_gets_its_description_and_nonmember_action() -> None:
     spec = ListSpec("staff@example.org", description="The staff", nonmember_action="reject")
     change = settings_change(spec, NEW_LIST_SETTINGS)
@@ -181,12 +207,20 @@ def test_a_described_list_gets_its_description_and_nonmember_action() -> None:
         "staff@example.org",
         (
             ("default_nonmember_action", "hold", "reject"),
+            ("max_message_size", "40", "0"),
+            ("archive_policy", "public", "private"),
             ("description", "", "The staff"),
         ),
     )
-    assert change.values == {"default_nonmember_action": "reject", "description": "The staff"}
+    assert change.values == {
+        "default_nonmember_action": "reject",
+        "max_message_size": "0",
+        "archive_policy": "private",
+        "description": "The staff",
+    }
     assert change.describe() == (
-        "set default_nonmember_action 'hold' -> 'reject', description '' -> 'The staff' "
+        "set default_nonmember_action 'hold' -> 'reject', max_message_size '40' -> '0', "
+        "archive_policy 'public' -> 'private', description '' -> 'The staff' "
         "on staff@example.org"
     )
     # a new list is compared with Mailman's defaults: settings come after its people
@@ -202,11 +236,11 @@ ALL_ID = "all.example.org"
 
 def nested(staff_aliases: set[str], all_aliases: set[str] | None = None) -> MailmanState:
     """staff and all as Mailman has them, everyone on them already."""
-    staff = ListState({r: frozenset(a) for r, a in ALL_ON.items()}, NEW_LIST_SETTINGS)
+    staff = ListState({r: frozenset(a) for r, a in ALL_ON.items()}, SETTLED)
     lists = {ID: ListState(staff.rosters, staff.settings, frozenset(staff_aliases))}
     lists[ALL_ID] = ListState(
         {"owner": frozenset({"alice@example.org"}), "member": frozenset({"staff@example.org"})},
-        NEW_LIST_SETTINGS,
+        SETTLED,
         frozenset(all_aliases or ()),
     )
     return MailmanState(frozenset({"example.org"}), lists)
@@ -284,10 +318,10 @@ def test_summary_line_ends_with_changed() -> None:
     for action in plan([], [STAFF, ALL], EMPTY, {}).actions:
         s.count(action)
     s.problems = 1
-    assert (s.lists_created, s.aliases_changed, s.changed) == (2, 1, 10)
+    assert (s.lists_created, s.settings_changed, s.aliases_changed, s.changed) == (2, 2, 1, 12)
     assert s.line().endswith(
-        "changed 0 lists' settings and 1 lists' acceptable_aliases, "
-        "1 refused by Mailman (see the log); changed: 10"
+        "changed 2 lists' settings and 1 lists' acceptable_aliases, "
+        "1 refused by Mailman (see the log); changed: 12"
     )
     dry = Summary(1, dry_run=True, lists_created=1)
     assert dry.line().startswith("lists (dry run): 1 lists; would create 0 domains and 1 lists")
