@@ -69,6 +69,13 @@ def logged_in(driver: WebDriver, user: str, password: str, base: str = BASE) -> 
     wait(driver, ec.presence_of_element_located((By.ID, "messagelist")))
 
 
+def open_page(driver: WebDriver, url: str) -> None:
+    """Load a Roundcube page and wait until its script is set up: a click before that
+    toggles a control without sending the command behind it."""
+    driver.get(url)
+    wait(driver, lambda d: d.execute_script("return !!(window.rcmail && rcmail.loaded)"))
+
+
 def compose(driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE) -> None:
     """Open a new message and fill in its recipients, subject and text."""
     driver.get(base + "/?_task=mail&_action=compose")

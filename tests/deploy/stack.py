@@ -152,3 +152,26 @@ def checked_stack(variables: dict[str, Any]) -> dict[str, Any]:
 def user(deployed: dict[str, Any], index: int) -> dict[str, str]:
     u: dict[str, str] = deployed["users"][index]
     return u
+
+
+def run_learn_pass() -> str:
+    """One pass of what the mailglue-learn service runs every hour, as its own user: what it
+    reported (one line per message and a summary)."""
+    done = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "mailglue",
+            "--",
+            "/opt/mailglue/venv/bin/mailglue",
+            "learn",
+            "--config",
+            "/etc/mailglue/learn.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

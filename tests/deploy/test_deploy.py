@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, run_playbook, smoke, user
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, run_learn_pass, run_playbook, smoke, user
 from tests.harness.process import free_port
 
 pytestmark = DEPLOY_MARKS
@@ -162,18 +162,6 @@ def test_learnspam_takes_append_but_refuses_reading(deployed: dict[str, Any]) ->
         assert status == "NO", data
 
 
-LEARN = [
-    "runuser",
-    "-u",
-    "mailglue",
-    "--",
-    "/opt/mailglue/venv/bin/mailglue",
-    "learn",
-    "--config",
-    "/etc/mailglue/learn.yaml",
-]  # one pass, as the mailglue-learn service does
-
-
 def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any]) -> None:
     """A tagged message a user files into LearnSpam is learned as ham and removed."""
     bob = user(deployed, 1)
@@ -194,11 +182,10 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
     with smoke.imap_login(bob["uid"], bob["password"]) as imap:
         status, data = imap.append(folder, None, imaplib.Time2Internaldate(time.time()), raw)
         assert status == "OK", data
-    learn = subprocess.run(LEARN, capture_output=True, text=True, timeout=300)
-    assert learn.returncode == 0, learn.stdout + learn.stderr
-    assert re.search(r"\b1 ham\b", learn.stdout), learn.stdout
-    again = subprocess.run(LEARN, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "ham" not in again.stdout, again.stdout + again.stderr
+    learned = run_learn_pass()
+    assert re.search(r"\b1 ham\b", learned), learned
+    again = run_learn_pass()
+    assert "ham" not in again, again
 
 
 def test_mailglue_dns_prints_the_records_of_the_deployed_key_and_certificate(

@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
 
+from tests.deploy.browser import BASE, logged_in, open_page, shown_error, wait
 from tests.deploy.mailuser import (
     OUTSIDE,
     SUBMISSION,
@@ -43,7 +47,7 @@ from tests.deploy.mailuser import (
     token,
     with_attachment,
 )
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, smoke
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, run_learn_pass, smoke
 from tests.harness.managesieve import ManageSieve, SieveError
 from tests.harness.smtp import send, tls_context
 
@@ -791,3 +795,66 @@ def test_a_member_near_the_quota_is_warned_when_opening_the_mailbox(
         imap.select("INBOX")
         alerts = imap.untagged_responses.get("NO", [])
     assert any(b"[ALERT]" in line and b"quota" in line.lower() for line in alerts), alerts
+
+
+# --- teaching the spam filter -------------------------------------------------------------------
+
+
+def test_a_new_member_teaches_the_filter_from_webmail(
+    deployed: dict[str, Any], newcomer: dict[str, str], browser: WebDriver
+) -> None:
+    """The FAQ's "how does the filter learn?" from a member's side: a wrongly tagged message
+    sits in Junk; in webmail they see LearnSpam among their folders (clients show only the
+    folders one is subscribed to), move the message there, and the next learning pass
+    teaches it to spamd as ham."""
+    junk = deployed["vars"].get("cyrus_junk_folder", "INBOX.Junk")
+    learnspam = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
+    subject = f"the newsletter I asked for {token()}"
+    assert_delivered(tagged_from_outside("news@example.net", [newcomer["mail"]], subject))
+    assert in_folder(newcomer, subject, folder=junk) is not None, "not in Junk"
+
+    logged_in(browser, newcomer["uid"], newcomer["password"])
+    folders = wait(browser, ec.presence_of_element_located((By.ID, "mailboxlist")))
+    wait(browser, lambda _: learnspam in folders.text.split("\n"))
+    with smoke.imap_login(newcomer["uid"], newcomer["password"]) as imap:
+        imap.select(junk, readonly=True)
+        _, found = imap.uid("SEARCH", "SUBJECT", f'"{subject}"')
+    open_page(browser, f"{BASE}/?_task=mail&_action=show&_uid={found[0].decode()}&_mbox={junk}")
+    wait(browser, ec.element_to_be_clickable((By.ID, "messagemenulink"))).click()
+    wait(browser, ec.element_to_be_clickable((By.CSS_SELECTOR, "#message-menu a.move"))).click()
+    wait(
+        browser,
+        ec.element_to_be_clickable(
+            (By.XPATH, f"//*[@id='folder-selector']//a[span[text()='{learnspam}']]")
+        ),
+    ).click()
+    wait(browser, lambda _: in_folder(newcomer, subject, folder=junk, timeout=0) is None)
+    assert shown_error(browser) is None, shown_error(browser)
+
+    learned = run_learn_pass()
+    assert re.search(r"\b1 ham\b", learned), learned
+
+
+def test_an_older_account_subscribes_to_learnspam_in_webmail_settings(
+    deployed: dict[str, Any], newcomer: dict[str, str], browser: WebDriver
+) -> None:
+    """A mailbox made before LearnSpam was subscribed at first login does not show it; the
+    README tells its member to switch it on under Settings → Folders."""
+    learnspam = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
+    with smoke.imap_login(newcomer["uid"], newcomer["password"]) as imap:
+        assert imap.unsubscribe(learnspam)[0] == "OK"  # as an account from before the change
+
+    logged_in(browser, newcomer["uid"], newcomer["password"])
+    open_page(browser, f"{BASE}/?_task=settings&_action=folders")
+    switch = f"//input[@name='_subscribed[]'][@value='{learnspam}']/following-sibling::label"
+    wait(browser, ec.element_to_be_clickable((By.XPATH, switch))).click()
+
+    def subscribed() -> bool:
+        with smoke.imap_login(newcomer["uid"], newcomer["password"]) as imap:
+            _, listed = imap.lsub()
+        return any(line.split()[-1].strip(b'"') == learnspam.encode() for line in listed if line)
+
+    wait(browser, lambda _: subscribed())
+    open_page(browser, f"{BASE}/?_task=mail")
+    folders = wait(browser, ec.presence_of_element_located((By.ID, "mailboxlist")))
+    assert learnspam in folders.text.split("\n"), folders.text
