@@ -3,6 +3,7 @@ whole package; test_deploy checks the deployment, test_journeys walks the users'
 
 from __future__ import annotations
 
+import imaplib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -11,8 +12,17 @@ from typing import Any
 import pytest
 
 from tests.deploy.browser import browser  # noqa: F401  (the fixture, for every journey)
-from tests.deploy.mailuser import RemoteMx, outside_mx, relay_address
-from tests.deploy.stack import ROOT, checked_stack, deploy_and_check, ensure_ansible, inventory_vars
+from tests.deploy.mailuser import RemoteMx, outside_mx, relay_address, token
+from tests.deploy.stack import (
+    ROOT,
+    checked_stack,
+    deploy_and_check,
+    ensure_ansible,
+    inventory_vars,
+    ldap_as_root,
+    member_dn,
+    smoke,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,3 +51,43 @@ def deployed() -> Iterator[dict[str, Any]]:
 def remote_mx(deployed: dict[str, Any]) -> Iterator[RemoteMx]:
     with outside_mx(*relay_address(deployed["vars"])) as remote:
         yield remote
+
+
+@pytest.fixture
+def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
+    variables = deployed["vars"]
+    with smoke.imap_login(
+        variables.get("mail_admin_user", "cyrus"), variables["mail_admin_password"]
+    ) as imap:
+        yield imap
+
+
+@pytest.fixture
+def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
+    """A member added to LDAP for this test, with a mailbox made at first login and a name
+    nobody has written to before. Cyrus warns about a quota root at most every 10 minutes per
+    imapd process, so the warning test needs a quota root that no earlier test has opened."""
+    tag = token()
+    uid = f"newcomer-{tag}"
+    who = {
+        "uid": uid,
+        "mail": f"{uid}@example.org",
+        "password": f"pw-{token()}",
+        "name": f"Nora Newcomer{tag}",
+    }
+    ldif = (
+        f"dn: {member_dn(uid)}\nobjectClass: inetOrgPerson\n"
+        f"objectClass: mailglueMailbox\nuid: {uid}\ncn: {who['name']}\n"
+        f"givenName: Nora\nsn: Newcomer{tag}\n"
+        f"mail: {who['mail']}\nuserPassword: {who['password']}\n"
+    )
+    added = ldap_as_root("ldapadd", ldif)
+    assert added.returncode == 0, added.stderr
+    try:
+        with smoke.imap_login(uid, who["password"]):
+            pass  # Cyrus creates the mailbox
+        yield who
+    finally:
+        ldap_as_root("ldapdelete", "", member_dn(uid))
+        admin.setacl(f"user.{uid}", deployed["vars"].get("mail_admin_user", "cyrus"), "all")
+        admin.delete(f"user.{uid}")

@@ -175,3 +175,19 @@ def run_learn_pass() -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def member_dn(uid: str) -> str:
+    return f"uid={uid},ou=people,dc=example,dc=org"
+
+
+def ldap_as_root(tool: str, stdin: str = "", *args: str) -> subprocess.CompletedProcess[str]:
+    """An ldap-utils tool as root on this host (ldapi, SASL EXTERNAL): how an admin edits LDAP."""
+    return subprocess.run(
+        [tool, "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )

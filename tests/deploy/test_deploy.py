@@ -20,9 +20,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import ldap
 import pytest
 
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, run_learn_pass, run_playbook, smoke, user
+from tests.deploy.stack import (
+    DEPLOY_MARKS,
+    EICAR,
+    ldap_as_root,
+    member_dn,
+    run_learn_pass,
+    run_playbook,
+    smoke,
+    user,
+)
 from tests.harness.process import free_port
 
 pytestmark = DEPLOY_MARKS
@@ -140,6 +150,29 @@ def test_submission_refuses_a_wrong_password(deployed: dict[str, Any]) -> None:
         smtp.ehlo()
         with pytest.raises(smtplib.SMTPAuthenticationError):
             smtp.login(alice["uid"], "not-the-password")
+
+
+DIRECTORY = {"objectClass", "uid", "cn", "sn", "givenName", "displayName", "mail"}
+
+
+def test_a_member_sees_colleagues_names_and_addresses_in_ldap_and_nothing_more(
+    deployed: dict[str, Any],
+) -> None:
+    """All webmail's address book can show a member of a colleague: name and address, not
+    their quota, mail store or password hash; and without a login, nobody at all."""
+    alice, bob = user(deployed, 0), user(deployed, 1)
+    held = ldap_as_root("ldapsearch", "", "-LLL", "-b", member_dn(bob["uid"]), "-s", "base")
+    assert "mailQuotaKiB:" in held.stdout and "userPassword:" in held.stdout, held.stdout
+    people = member_dn(bob["uid"]).split(",", 1)[1]
+
+    member = ldap.initialize("ldap://127.0.0.1/")
+    member.simple_bind_s(member_dn(alice["uid"]), alice["password"])
+    ((dn, shown),) = member.search_s(people, ldap.SCOPE_ONELEVEL, f"(uid={bob['uid']})")
+    assert dn == member_dn(bob["uid"]) and shown["mail"] == [bob["mail"].encode()], shown
+    assert set(shown) <= DIRECTORY, set(shown) - DIRECTORY
+
+    with pytest.raises(ldap.NO_SUCH_OBJECT):
+        ldap.initialize("ldap://127.0.0.1/").search_s(people, ldap.SCOPE_ONELEVEL, "(uid=*)")
 
 
 def test_learnspam_takes_append_but_refuses_reading(deployed: dict[str, Any]) -> None:

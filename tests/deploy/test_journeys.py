@@ -47,7 +47,15 @@ from tests.deploy.mailuser import (
     token,
     with_attachment,
 )
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, NEVER_LOGS_IN, run_learn_pass, smoke
+from tests.deploy.stack import (
+    DEPLOY_MARKS,
+    EICAR,
+    NEVER_LOGS_IN,
+    ldap_as_root,
+    member_dn,
+    run_learn_pass,
+    smoke,
+)
 from tests.harness.managesieve import ManageSieve, SieveError
 from tests.harness.smtp import send, tls_context
 
@@ -645,15 +653,6 @@ def test_tagged_spam_is_filed_in_junk(deployed: dict[str, Any]) -> None:
 # --- quota ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
-    variables = deployed["vars"]
-    with smoke.imap_login(
-        variables.get("mail_admin_user", "cyrus"), variables["mail_admin_password"]
-    ) as imap:
-        yield imap
-
-
 def set_quota_in_ldap(uid: str, kib: int | None) -> None:
     """What an admin does: change the member's mailQuotaKiB in LDAP (here as root on ldapi)."""
     change = (
@@ -664,22 +663,6 @@ def set_quota_in_ldap(uid: str, kib: int | None) -> None:
     ldif = f"dn: {member_dn(uid)}\nchangetype: modify\n{change}-\n"
     done = ldap_as_root("ldapmodify", ldif)
     assert done.returncode in (0, 16), done.stderr  # 16: there was nothing to delete
-
-
-def member_dn(uid: str) -> str:
-    return f"uid={uid},ou=people,dc=example,dc=org"
-
-
-def ldap_as_root(tool: str, stdin: str = "", *args: str) -> subprocess.CompletedProcess[str]:
-    """An ldap-utils tool as root on this host (ldapi, SASL EXTERNAL): how an admin edits LDAP."""
-    return subprocess.run(
-        [tool, "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
 
 
 def run_quota_pass() -> str:
@@ -752,30 +735,6 @@ def test_quota_set_in_ldap_reaches_cyrus_and_refuses_mail_over_it(
     assert storage(admin, "user.alice") is None
     assert_delivered(from_outside("sender@example.net", [alice["mail"]], subject))  # the retry
     assert in_folder(alice, subject) is not None
-
-
-@pytest.fixture
-def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
-    """A member added to LDAP for this test, with a mailbox made at first login. Cyrus warns
-    about a quota root at most every 10 minutes per imapd process, so the warning test needs
-    a quota root that no earlier test has opened."""
-    uid = f"newcomer-{token()}"
-    who = {"uid": uid, "mail": f"{uid}@example.org", "password": f"pw-{token()}"}
-    ldif = (
-        f"dn: {member_dn(uid)}\nobjectClass: inetOrgPerson\n"
-        f"objectClass: mailglueMailbox\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
-        f"mail: {who['mail']}\nuserPassword: {who['password']}\n"
-    )
-    added = ldap_as_root("ldapadd", ldif)
-    assert added.returncode == 0, added.stderr
-    try:
-        with smoke.imap_login(uid, who["password"]):
-            pass  # Cyrus creates the mailbox
-        yield who
-    finally:
-        ldap_as_root("ldapdelete", "", member_dn(uid))
-        admin.setacl(f"user.{uid}", deployed["vars"].get("mail_admin_user", "cyrus"), "all")
-        admin.delete(f"user.{uid}")
 
 
 def test_a_member_near_the_quota_is_warned_when_opening_the_mailbox(

@@ -39,7 +39,9 @@ from tests.deploy.browser import (
     compose_and_send,
     logged_in,
     login,
+    open_page,
     send_composed,
+    shown_error,
     wait,
 )
 from tests.deploy.mailuser import (
@@ -184,6 +186,36 @@ def test_send_to_a_colleague_and_the_outside(
     assert "sasl=alice" in shown.stdout and "from      alice@example.org" in shown.stdout, (
         shown.stdout
     )
+
+
+def test_a_colleague_is_offered_by_name_while_typing_and_gets_the_mail(
+    deployed: dict[str, Any], browser: WebDriver, newcomer: dict[str, str]
+) -> None:
+    """Writing to a colleague one has never written to: typing part of their name offers
+    them from the department's directory (LDAP, searched as the member), and picking the
+    offer sends to the right mailbox."""
+    alice = person(deployed, "alice")
+    subject = f"welcome aboard {token()}"
+    logged_in(browser, alice["uid"], alice["password"])
+    open_page(browser, f"{BASE}/?_task=mail&_action=compose")
+    typed = wait(
+        browser, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
+    )
+    typed.send_keys(newcomer["name"].split()[-1])  # the surname only
+    offer = wait(
+        browser,
+        ec.visibility_of_element_located(
+            (By.XPATH, f"//*[@id='rcmKSearchpane']//li[contains(., '{newcomer['mail']}')]")
+        ),
+    )
+    assert newcomer["name"] in offer.text, offer.text
+    offer.click()
+    to = browser.find_element(By.ID, "_to")
+    wait(browser, lambda _: newcomer["mail"] in (to.get_attribute("value") or ""))
+    browser.find_element(By.ID, "compose-subject").send_keys(subject)
+    browser.find_element(By.ID, "composebody").send_keys("Glad to have you here.")
+    assert send_composed(browser) is None, shown_error(browser)
+    assert in_folder(newcomer, subject) is not None, "not in the colleague's INBOX"
 
 
 def largest_file_webmail_takes() -> int:

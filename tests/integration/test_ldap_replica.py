@@ -41,6 +41,8 @@ def common_settings() -> dict[str, object]:
     return {
         "mail_ldap_base_dn": BASE_DN,
         "mail_ldap_service_dn": SERVICE_DN,
+        "mail_ldap_people_dn": f"ou=people,{BASE_DN}",
+        "mail_member_directory": True,
         "ldap_root_dn": ROOT_DN,
         "ldap_replicator_dn": REPLICATOR_DN,
     }

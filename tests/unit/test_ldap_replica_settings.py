@@ -48,6 +48,8 @@ def single_host_settings(**overrides: object) -> dict[str, object]:
     settings: dict[str, object] = {
         "mail_ldap_base_dn": "dc=example,dc=org",
         "mail_ldap_service_dn": "cn=mailglue,dc=example,dc=org",
+        "mail_ldap_people_dn": "ou=people,dc=example,dc=org",
+        "mail_member_directory": True,
         "ldap_root_dn": "cn=admin,dc=example,dc=org",
         "ldap_rootpw": {"hash": "{SSHA}x"},
         "ldap_database_dir": defaults["ldap_database_dir"],
