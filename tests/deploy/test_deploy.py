@@ -152,6 +152,21 @@ def test_submission_refuses_a_wrong_password(deployed: dict[str, Any]) -> None:
             smtp.login(alice["uid"], "not-the-password")
 
 
+def test_the_playbook_refuses_a_member_whose_address_is_not_their_login(
+    deployed: dict[str, Any],
+) -> None:
+    """Mail for jane.doe@ would be accepted at RCPT and refused by Cyrus at DATA, since her
+    mailbox is named jdoe: the playbook says so before changing anything."""
+    users = [*deployed["vars"]["ldap_users"], {**user(deployed, 0), "uid": "jdoe"}]
+    users[-1]["mail"] = "jane.doe@example.org"
+    run = run_playbook("--check", "--tags", "ldap", "-e", json.dumps({"ldap_users": users}))
+    assert run.returncode != 0
+    assert "uid jdoe: mail jane.doe@example.org must be jdoe@ a mail domain" in run.stdout, (
+        run.stdout[-3000:]
+    )
+    assert "ldap_aliases" in run.stdout
+
+
 DIRECTORY = {"objectClass", "uid", "cn", "sn", "givenName", "displayName", "mail"}
 
 

@@ -218,6 +218,23 @@ def test_a_colleague_is_offered_by_name_while_typing_and_gets_the_mail(
     assert in_folder(newcomer, subject) is not None, "not in the colleague's INBOX"
 
 
+def test_a_new_member_sends_from_webmail_under_their_own_name(
+    deployed: dict[str, Any], browser: WebDriver, newcomer: dict[str, str]
+) -> None:
+    """Nora logs in as newcomer-…: her first webmail login names her as the directory does
+    (cn and mail), so what she sends says who she is, not only her login name."""
+    bob = person(deployed, "bob")
+    subject = f"hello from the new office {token()}"
+    logged_in(browser, newcomer["uid"], newcomer["password"])
+    compose(browser, [bob["mail"]], subject, "My first mail from here.")
+    sender = browser.find_element(By.ID, "_from").text
+    assert f"{newcomer['name']} <{newcomer['mail']}>" in sender, sender
+    assert send_composed(browser) is None, shown_error(browser)
+    received = in_folder(bob, subject)
+    assert received is not None, "not in bob's INBOX"
+    assert f"From: {newcomer['name']} <{newcomer['mail']}>".encode() in received, received
+
+
 def largest_file_webmail_takes() -> int:
     """The largest file Roundcube lets a member attach: its check counts 10 KB for the text
     and 1.33 bytes per byte of the file against its `max_message_size`."""

@@ -26,11 +26,30 @@ def test_members_read_only_the_directory_attributes_of_people() -> None:
     }
     members = 'by dn.children="ou=people,dc=example,dc=org" read'
     assert members in rule  # bound as themselves: not the replicator, nor anyone else
-    assert conf.count("dn.children=") == 1  # nowhere else: not quotas, stores or passwords
+    assert conf.count(members) == 1  # nowhere else: not quotas, stores or passwords
     assert start < conf.index("access to *")  # slapd takes the first rule that matches
 
 
 def test_without_the_directory_members_read_only_themselves() -> None:
     conf = render_role_conf(single_host_settings(mail_member_directory=False))
-    assert PEOPLE_RULE not in conf and "dn.children=" not in conf
+    assert PEOPLE_RULE not in conf
+    assert not any(clause.endswith(" read") for clause in member_clauses(conf))
     assert "by self read" in conf
+
+
+def test_members_may_search_the_people_to_find_themselves() -> None:
+    """Webmail looks up a new user's own name and address (new_user_identity) as the user."""
+    for directory in (True, False):
+        conf = render_role_conf(single_host_settings(mail_member_directory=directory))
+        base = 'access to dn.base="ou=people,dc=example,dc=org" attrs=entry'
+        assert base in conf and conf.index(base) < conf.index("access to *")
+        assert 'by dn.children="ou=people,dc=example,dc=org" search' in member_clauses(conf)
+
+
+def member_clauses(conf: str) -> list[str]:
+    """What the rules grant anyone bound as a member (an entry below the people)."""
+    return [
+        line.strip()
+        for line in conf.splitlines()
+        if line.strip().startswith('by dn.children="ou=people,dc=example,dc=org"')
+    ]
