@@ -65,9 +65,8 @@ def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
 @pytest.fixture
 def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
     """A member added to LDAP for this test, with a mailbox made at first login and a name
-    nobody has written to before. Cyrus warns about a
-    quota root at most every 10 minutes per imapd process, so the warning test needs a quota
-    root that no earlier test has opened."""
+    nobody has written to before. Cyrus warns about a quota root at most every 10 minutes per
+    imapd process, so the warning test needs a quota root that no earlier test has opened."""
     tag = token()
     uid = f"newcomer-{tag}"
     who = {
