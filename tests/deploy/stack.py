@@ -154,9 +154,9 @@ def user(deployed: dict[str, Any], index: int) -> dict[str, str]:
     return u
 
 
-def run_learn_pass() -> str:
-    """One pass of what the mailglue-learn service runs every hour, as its own user: what it
-    reported (one line per message and a summary)."""
+def run_service_pass(service: str, timeout: float = 300) -> str:
+    """One pass of what the service mailglue-<service> (learn, quota) runs periodically, as
+    its own user: what it reported."""
     done = subprocess.run(
         [
             "runuser",
@@ -164,14 +164,14 @@ def run_learn_pass() -> str:
             "mailglue",
             "--",
             "/opt/mailglue/venv/bin/mailglue",
-            "learn",
+            service,
             "--config",
-            "/etc/mailglue/learn.yaml",
+            f"/etc/mailglue/{service}.yaml",
         ],
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

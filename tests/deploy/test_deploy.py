@@ -28,8 +28,8 @@ from tests.deploy.stack import (
     EICAR,
     ldap_as_root,
     member_dn,
-    run_learn_pass,
     run_playbook,
+    run_service_pass,
     smoke,
     user,
 )
@@ -230,9 +230,9 @@ def test_learn_teaches_the_deployed_spamd_from_learnspam(deployed: dict[str, Any
     with smoke.imap_login(bob["uid"], bob["password"]) as imap:
         status, data = imap.append(folder, None, imaplib.Time2Internaldate(time.time()), raw)
         assert status == "OK", data
-    learned = run_learn_pass()
+    learned = run_service_pass("learn")
     assert re.search(r"\b1 ham\b", learned), learned
-    again = run_learn_pass()
+    again = run_service_pass("learn")
     assert "ham" not in again, again
 
 

@@ -53,7 +53,7 @@ from tests.deploy.stack import (
     NEVER_LOGS_IN,
     ldap_as_root,
     member_dn,
-    run_learn_pass,
+    run_service_pass,
     smoke,
 )
 from tests.harness.managesieve import ManageSieve, SieveError
@@ -666,25 +666,8 @@ def set_quota_in_ldap(uid: str, kib: int | None) -> None:
 
 
 def run_quota_pass() -> str:
-    """One pass of the service mailglue-quota runs every few minutes, as its own user."""
-    done = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "mailglue",
-            "--",
-            "/opt/mailglue/venv/bin/mailglue",
-            "quota",
-            "--config",
-            "/etc/mailglue/quota.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """One pass of the service mailglue-quota runs every few minutes."""
+    return run_service_pass("quota", timeout=60)
 
 
 def storage(admin: imaplib.IMAP4_SSL, mailbox: str) -> tuple[int, int] | None:
@@ -790,7 +773,7 @@ def test_a_new_member_teaches_the_filter_from_webmail(
     wait(browser, lambda _: in_folder(newcomer, subject, folder=junk, timeout=0) is None)
     assert shown_error(browser) is None, shown_error(browser)
 
-    learned = run_learn_pass()
+    learned = run_service_pass("learn")
     assert re.search(r"\b1 ham\b", learned), learned
 
 
