@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -79,9 +83,14 @@ def open_page(driver: WebDriver, url: str) -> None:
 def compose(driver: WebDriver, to: list[str], subject: str, body: str, base: str = BASE) -> None:
     """Open a new message and fill in its recipients, subject and text."""
     driver.get(base + "/?_task=mail&_action=compose")
-    recipient = wait(
-        driver, ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input"))
-    )
+    try:
+        recipient = wait(
+            driver,
+            ec.element_to_be_clickable((By.CSS_SELECTOR, "#compose_to .recipient-input input")),
+        )
+    except TimeoutException as exc:  # seen once in CI: say what the browser showed instead
+        shown = f"{driver.current_url!r} titled {driver.title!r}, error {shown_error(driver)}"
+        raise AssertionError(f"the compose page never became usable; browser at {shown}") from exc
     for address in to:
         recipient.send_keys(address + ",")
     driver.find_element(By.ID, "compose-subject").send_keys(subject)

@@ -3,6 +3,7 @@ whole package; test_deploy checks the deployment, test_journeys walks the users'
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import subprocess
@@ -62,11 +63,12 @@ def admin(deployed: dict[str, Any]) -> Iterator[imaplib.IMAP4_SSL]:
         yield imap
 
 
-@pytest.fixture
-def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
-    """A member added to LDAP for this test, with a mailbox made at first login and a name
-    nobody has written to before. Cyrus warns about a quota root at most every 10 minutes per
-    imapd process, so the warning test needs a quota root that no earlier test has opened."""
+@contextlib.contextmanager
+def member_in_ldap(
+    deployed: dict[str, Any], admin: imaplib.IMAP4_SSL, *, logs_in: bool
+) -> Iterator[dict[str, str]]:
+    """A member added to LDAP for one test, with a name nobody has written to before; once
+    `logs_in`, Cyrus has made the mailbox. Entry and mailbox are removed afterwards."""
     tag = token()
     uid = f"newcomer-{tag}"
     who = {
@@ -84,14 +86,33 @@ def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dic
     added = ldap_as_root("ldapadd", ldif)
     assert added.returncode == 0, added.stderr
     try:
-        with smoke.imap_login(uid, who["password"]):
-            pass  # Cyrus creates the mailbox
+        if logs_in:
+            with smoke.imap_login(uid, who["password"]):
+                pass  # Cyrus creates the mailbox
         yield who
     finally:
         ldap_as_root("ldapdelete", "", member_dn(uid))
-        # An admin may delete a mailbox once it gives itself the right to (x); Cyrus reads
-        # rights as letters, so "all" would be l and a.
-        mailbox = f"user.{uid}"
-        admin.setacl(mailbox, deployed["vars"].get("mail_admin_user", "cyrus"), "lrswipkxtecda")
-        deleted = admin.delete(mailbox)
-        assert deleted[0] == "OK", f"{mailbox} left behind: {deleted}"
+        if logs_in:
+            # An admin may delete a mailbox once it gives itself the right to (x); Cyrus
+            # reads rights as letters, so "all" would be l and a.
+            mailbox = f"user.{uid}"
+            admin_user = deployed["vars"].get("mail_admin_user", "cyrus")
+            admin.setacl(mailbox, admin_user, "lrswipkxtecda")
+            deleted = admin.delete(mailbox)
+            assert deleted[0] == "OK", f"{mailbox} left behind: {deleted}"
+
+
+@pytest.fixture
+def newcomer(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
+    """A new member who has logged in once. Cyrus warns about a quota root at most every 10
+    minutes per imapd process, so the warning test needs a quota root no earlier test opened."""
+    with member_in_ldap(deployed, admin, logs_in=True) as who:
+        yield who
+
+
+@pytest.fixture
+def never_logged_in(deployed: dict[str, Any], admin: imaplib.IMAP4_SSL) -> Iterator[dict[str, str]]:
+    """A new member who has not logged in yet, so has no mailbox (whoever logs in as one of
+    the inventory's users, a person checking the stack too, makes theirs)."""
+    with member_in_ldap(deployed, admin, logs_in=False) as who:
+        yield who

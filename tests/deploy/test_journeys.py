@@ -50,7 +50,6 @@ from tests.deploy.mailuser import (
 from tests.deploy.stack import (
     DEPLOY_MARKS,
     EICAR,
-    NEVER_LOGS_IN,
     ldap_as_root,
     member_dn,
     run_service_pass,
@@ -222,10 +221,10 @@ def test_unknown_user_is_refused_with_one_prefix(deployed: dict[str, Any]) -> No
     assert tx.data is None  # nothing was sent
 
 
-def test_never_logged_in_is_refused(deployed: dict[str, Any]) -> None:
-    dave = person(deployed, NEVER_LOGS_IN)
-    tx = from_outside("someone@example.net", [dave["mail"]], "x")
-    reply = tx.rcpt[dave["mail"]]
+def test_never_logged_in_is_refused(never_logged_in: dict[str, str]) -> None:
+    address = never_logged_in["mail"]
+    tx = from_outside("someone@example.net", [address], "x")
+    reply = tx.rcpt[address]
     assert reply.code == 550 and "never logged in" in reply.text, reply
 
 
