@@ -263,10 +263,20 @@ def ensure_key() -> Path:
 
 
 def container_running(name: str) -> bool:
+    """Running by podman's record and in fact: a run killed with the machine's session leaves
+    records that say "running" of containers whose processes are gone, and any exec into
+    one fails ("cannot exec in a stopped container")."""
     done = run(
         [*PODMAN, "inspect", "--format", "{{.State.Running}}", name], check=False, capture=True
     )
-    return done.returncode == 0 and done.stdout.strip() == b"true"
+    if done.returncode != 0 or done.stdout.strip() != b"true":
+        return False
+    return run([*PODMAN, "exec", name, "true"], check=False, capture=True).returncode == 0
+
+
+def container_log(name: str) -> str:
+    done = run([*PODMAN, "logs", "--tail", "40", name], check=False, capture=True)
+    return (done.stdout + done.stderr).decode(errors="replace")
 
 
 def start_container(host: Host, image: str, hosts: Sequence[Host], key: Path) -> None:
@@ -298,6 +308,11 @@ def start_container(host: Host, image: str, hosts: Sequence[Host], key: Path) ->
             ],
             capture=True,
         )
+        if not container_running(host.container):
+            raise RuntimeError(
+                f"{host.container} stopped as soon as it started; its log:\n"
+                + container_log(host.container)
+            )
     public = (key.with_suffix(".pub")).read_bytes()
     run(
         [
