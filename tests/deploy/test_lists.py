@@ -36,7 +36,7 @@ from tests.deploy.mailuser import (
     token,
     with_attachment,
 )
-from tests.deploy.stack import DEPLOY_MARKS, EICAR, smoke
+from tests.deploy.stack import DEPLOY_MARKS, EICAR, run_playbook, smoke
 from tests.harness.smtp import send
 
 pytestmark = DEPLOY_MARKS
@@ -136,6 +136,36 @@ def test_the_archive_is_for_the_lists_members(deployed: dict[str, Any], browser:
         page(f"/hyperkitty/list/{STAFF}/latest")
     assert refused.value.code == 403
     assert mark not in refused.value.read().decode("utf-8", "replace")
+
+
+def status_of(path: str) -> int:
+    """The HTTP status a stranger (no login) gets for a list page."""
+    try:
+        page(path)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    return 200
+
+
+def test_an_archive_made_public_or_private_is_so_as_soon_as_the_playbook_ends(
+    deployed: dict[str, Any],
+) -> None:
+    """The admin switches a list's archive_policy in the inventory and runs the playbook: the
+    web sees the archive (or no longer sees it) at once, not after the list's next post, when
+    HyperKitty would otherwise copy the setting from Mailman."""
+    lists: list[dict[str, Any]] = deployed["vars"]["mail_lists"]
+    public = [
+        {**spec, "archive_policy": "public"} if spec["name"] == BOARD else spec for spec in lists
+    ]
+    archive = f"/hyperkitty/list/{BOARD}/latest"
+    try:
+        run = run_playbook("--tags", "lists", "-e", json.dumps({"mail_lists": public}))
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert status_of(archive) == 200
+    finally:
+        run = run_playbook("--tags", "lists")
+        assert run.returncode == 0, run.stdout[-3000:]
+    assert status_of(archive) == 403
 
 
 def lists_login(browser: WebDriver, who: dict[str, str]) -> None:
