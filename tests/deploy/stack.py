@@ -58,10 +58,10 @@ def ensure_ansible() -> Path:
     return playbook
 
 
-def run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
+def run_playbook(*extra: str, inventory: str = INVENTORY) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     proc = subprocess.run(
-        [str(ensure_ansible()), "-i", INVENTORY, "site.yml", *extra],
+        [str(ensure_ansible()), "-i", inventory, "site.yml", *extra],
         cwd=ANSIBLE_DIR,
         env=env,
         capture_output=True,

@@ -24,6 +24,7 @@ import ldap
 import pytest
 
 from tests.deploy.stack import (
+    ANSIBLE_DIR,
     DEPLOY_MARKS,
     EICAR,
     ldap_as_root,
@@ -165,6 +166,38 @@ def test_the_playbook_refuses_a_member_whose_address_is_not_their_login(
         run.stdout[-3000:]
     )
     assert "ldap_aliases" in run.stdout
+
+
+def test_the_playbook_refuses_webmail_that_would_send_passwords_in_clear(
+    deployed: dict[str, Any],
+) -> None:
+    """Roundcube binds as the member with their password to change it: pointed at another
+    host's plain ldap://, the playbook stops before anything is written, naming the variable."""
+    extra = {"webmail_ldap_uri": "ldap://ldap1.example.org/"}
+    run = run_playbook("--check", "--tags", "webmail", "-e", json.dumps(extra))
+    assert run.returncode != 0
+    said = "webmail_ldap_uri ldap://ldap1.example.org/: Roundcube would send members' passwords"
+    assert said in run.stdout, run.stdout[-3000:]
+
+
+def test_the_playbook_refuses_webmail_on_a_host_without_imap(
+    deployed: dict[str, Any], tmp_path: Path
+) -> None:
+    """Webmail reads IMAP on its own host: on an mx host that is no mailstore, members could
+    not log in, so the playbook says so instead of deploying it."""
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n"
+        "  hosts:\n"
+        "    localhost: {ansible_connection: local, ansible_python_interpreter: /usr/bin/python3}\n"
+        "  children:\n"
+        "    mx: {hosts: {localhost: null}}\n"
+    )
+    (tmp_path / "group_vars").symlink_to(ANSIBLE_DIR / "inventories/single/group_vars")
+    run = run_playbook("--check", "--tags", "webmail", inventory=str(tmp_path))
+    assert run.returncode != 0
+    said = "webmail_imap_host ssl://127.0.0.1:993 is on this host, but localhost is not in"
+    assert said in run.stdout, run.stdout[-3000:]
+    assert "the mailstore group" in run.stdout, run.stdout[-3000:]
 
 
 DIRECTORY = {"objectClass", "uid", "cn", "sn", "givenName", "displayName", "mail"}
