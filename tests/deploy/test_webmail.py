@@ -235,6 +235,26 @@ def test_a_new_member_sends_from_webmail_under_their_own_name(
     assert f"From: {newcomer['name']} <{newcomer['mail']}>".encode() in received, received
 
 
+ROUNDCUBE_ERRORS = Path("/var/log/roundcube/errors.log")
+
+
+def test_a_new_members_first_webmail_login_leaves_no_warning_in_the_log(
+    deployed: dict[str, Any], browser: WebDriver, newcomer: dict[str, str]
+) -> None:
+    """An admin reads Roundcube's errors.log for real trouble: a member's first login (when
+    Roundcube makes the user and looks them up in the directory) adds nothing to it but PHP's
+    notes on deprecated code in Debian's LDAP library."""
+    before = ROUNDCUBE_ERRORS.stat().st_size if ROUNDCUBE_ERRORS.exists() else 0
+    logged_in(browser, newcomer["uid"], newcomer["password"])
+    open_page(browser, BASE + "/?_task=settings&_action=identities")
+    wait(browser, ec.text_to_be_present_in_element((By.ID, "identities-table"), newcomer["mail"]))
+    with ROUNDCUBE_ERRORS.open("rb") as log:
+        log.seek(before)
+        added = log.read().decode(errors="replace").splitlines()
+    trouble = [line for line in added if line.strip() and "PHP Deprecated:" not in line]
+    assert trouble == [], trouble
+
+
 def largest_file_webmail_takes() -> int:
     """The largest file Roundcube lets a member attach: its check counts 10 KB for the text
     and 1.33 bytes per byte of the file against its `max_message_size`."""
