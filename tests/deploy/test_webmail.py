@@ -573,6 +573,34 @@ def test_password_change_takes_effect_everywhere(
     assert imap_accepts(bob["uid"], old)
 
 
+def test_a_password_changed_in_webmail_survives_the_next_playbook_run(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    """The inventory's password is where a member starts: the admin's next run (a new member,
+    `make up` again) must not put it back. An admin's reset, a new value in the inventory, is
+    applied, and putting the old value back in the inventory applies that again."""
+    bob = person(deployed, "bob")
+    old, own, reset = bob["password"], f"own-{token()}-pw", f"reset-{token()}-pw"
+    logged_in(browser, bob["uid"], old)
+    change_password(browser, bob["uid"], old, own)
+    try:
+        run = run_playbook("--tags", "ldap")
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert imap_accepts(bob["uid"], own), "the playbook put the inventory's password back"
+        assert not imap_accepts(bob["uid"], old)
+
+        users = [dict(u, password=reset) if u is bob else u for u in deployed["users"]]
+        run = run_playbook("--tags", "ldap", "-e", json.dumps({"ldap_users": users}))
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert imap_accepts(bob["uid"], reset), "the admin's reset was not applied"
+        assert not imap_accepts(bob["uid"], own)
+    finally:
+        run = run_playbook("--tags", "ldap")
+        assert run.returncode == 0, run.stdout[-3000:]
+    assert imap_accepts(bob["uid"], old), "the inventory's value, back again, was not applied"
+    assert submission_accepts(bob, old)
+
+
 # --- wrong passwords ------------------------------------------------------------------------------
 
 

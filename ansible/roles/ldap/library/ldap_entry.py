@@ -5,6 +5,11 @@ Talks to slapd over ldapi:/// as root (SASL EXTERNAL), so no admin password is n
 host. Only the attributes named are compared and replaced; others are left alone. A password
 is checked by binding with it and replaced (salted SHA-1) only when the bind fails, so it is
 not re-salted on every run.
+
+With `password_record`, the password is one its owner may change (a member's, in webmail):
+it is set when the entry is made and again only when `password` itself changes (an admin's
+reset), never because the entry's password no longer matches. The record file keeps, per
+entry, a salted hash of the value last set, so no password is stored in clear.
 """
 
 from __future__ import annotations
@@ -16,12 +21,20 @@ options:
   dn: {type: str, required: true, description: Distinguished name.}
   attributes: {type: dict, default: {}, description: Attribute name to value or list of values.}
   password: {type: str, no_log: true, description: Plain password for userPassword.}
+  password_record:
+    type: path
+    description: >-
+      Root-only JSON file of salted hashes of the passwords this module set. When given, the
+      password is set only when the entry is made or when C(password) differs from the one
+      recorded, so a password the entry's owner changed stays.
   state: {type: str, choices: [present, absent], default: present, description: Wanted state.}
   uri: {type: str, default: "ldapi:///", description: Where slapd listens for root.}
 """
 
 import base64
 import hashlib
+import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +71,51 @@ def ssha(password):
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
+RECORD_ITERATIONS = 100_000
+
+
+def record_hash(password, salt=None):
+    """PBKDF2-SHA256 of a password, as the record file keeps it."""
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, RECORD_ITERATIONS)
+    return "pbkdf2-sha256$%d$%s$%s" % (RECORD_ITERATIONS, base64.b64encode(salt).decode(),
+                                       base64.b64encode(digest).decode())
+
+
+def recorded_is(recorded, password):
+    """Whether the record holds this password (False for a missing or unreadable record)."""
+    try:
+        scheme, iterations, salt, digest = recorded.split("$")
+        if scheme != "pbkdf2-sha256":
+            return False
+        again = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    except (AttributeError, ValueError):
+        return False
+    return hmac.compare_digest(base64.b64encode(again).decode(), digest)
+
+
+def read_record(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def write_record(path, record):
+    """Atomically, readable by root only."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".ldap-passwords-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
 def same(name, have, want):
     if name.lower() == "objectclass":
         return {v.lower() for v in have} == {v.lower() for v in want}
@@ -70,6 +128,7 @@ def main():
             dn=dict(type="str", required=True),
             attributes=dict(type="dict", default={}),
             password=dict(type="str", no_log=True),
+            password_record=dict(type="path"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             uri=dict(type="str", default="ldapi:///"),
         ),
@@ -105,10 +164,24 @@ def main():
     current = parse_ldif(found.stdout) if exists else {}
     before = {k: v for k, v in current.items() if k != "userpassword"}
 
+    record_path = p["password_record"]
+    record = {}
+    if record_path:
+        try:
+            record = read_record(record_path)
+        except (OSError, ValueError) as exc:
+            module.fail_json(msg=f"{record_path}: cannot read the password record: {exc}")
+
     if p["state"] == "absent":
-        if exists and not module.check_mode:
-            run(["ldapdelete", "-H", uri, *AUTH, dn])
-        module.exit_json(changed=exists, diff={"before": {"dn": dn, **before} if exists else {}, "after": {}})
+        forget = dn in record
+        if not module.check_mode:
+            if exists:
+                run(["ldapdelete", "-H", uri, *AUTH, dn])
+            if forget:
+                del record[dn]
+                write_record(record_path, record)
+        module.exit_json(changed=exists or forget,
+                         diff={"before": {"dn": dn, **before} if exists else {}, "after": {}})
 
     want = {name: values(v) for name, v in p["attributes"].items()}
     changes = {}
@@ -116,9 +189,17 @@ def main():
         if not same(name, current.get(name.lower(), []), wanted):
             changes[name] = wanted
     password_changed = False
+    recorded = None  # what the record is to hold for this entry, when that changes
     if p["password"]:
         if not exists or "userpassword" not in current:
             password_changed = True
+        elif record_path:
+            if dn not in record:
+                # Made before records were kept: its owner may have changed the password since,
+                # so it stays; from now on only a new value in the inventory replaces it.
+                recorded = record_hash(p["password"])
+            elif not recorded_is(record[dn], p["password"]):
+                password_changed = True
         else:
             with tempfile.NamedTemporaryFile("w", delete=True) as secret:
                 os.chmod(secret.name, 0o600)
@@ -127,7 +208,9 @@ def main():
                 bind = run(["ldapwhoami", "-x", "-H", uri, "-D", dn, "-y", secret.name], check=False)
             password_changed = bind.returncode != 0
 
-    changed = not exists or bool(changes) or password_changed
+    if password_changed and record_path:
+        recorded = record_hash(p["password"])
+    changed = not exists or bool(changes) or password_changed or recorded is not None
     after = dict(before)
     after.update({k.lower(): v for k, v in want.items()})
     if password_changed:
@@ -154,7 +237,11 @@ def main():
                 lines.append("replace: userPassword")
                 lines.append(f"userPassword: {ssha(p['password'])}")
                 lines.append("-")
-        run(["ldapmodify", "-H", uri, *AUTH], data="\n".join(lines) + "\n")
+        if len(lines) > 2:  # more than "dn:" and "changetype:": something for slapd
+            run(["ldapmodify", "-H", uri, *AUTH], data="\n".join(lines) + "\n")
+        if recorded is not None:  # after slapd took the password, so a failure leaves no record
+            record[dn] = recorded
+            write_record(record_path, record)
 
     module.exit_json(changed=changed, dn=dn, changed_attributes=sorted(changes), password_changed=password_changed,
                      diff=diff)
