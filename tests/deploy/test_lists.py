@@ -192,6 +192,43 @@ def test_a_members_post_with_slides_attached_reaches_the_members(deployed: dict[
     assert slides in attachments_of(alice, subject)
 
 
+def a_post_just_under_the_limit(who: dict[str, str], to: str, subject: str) -> tuple[bytes, bytes]:
+    """(message, attached file) 1.5–2.5 KB under Postfix's message_size_limit: about as large
+    as the submission port takes (its Received line and our headers count too)."""
+    limit = int(
+        subprocess.run(
+            ["postconf", "-h", "message_size_limit"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    overhead = len(with_attachment(who, to, subject, b""))
+    size = (limit - overhead - 2000) * 3 // 4 * 76 // 78  # base64: 4/3, and CRLF per 76
+    data = os.urandom(size)
+    raw = with_attachment(who, to, subject, data)
+    assert limit - 2500 < len(raw) < limit - 1500, (limit, len(raw))
+    return raw, data
+
+
+def test_a_post_as_large_as_any_mail_may_be_reaches_the_members(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    """The README promises list posts up to the size of any mail. Mailman's copy is larger
+    than the post (its List-* headers, the footer part, Postfix's Received line), and it
+    comes back through Postfix's lists port: a post the client could send must not be
+    refused there, when the poster already has a 250."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    subject = f"dataset {token()}"
+    raw, data = a_post_just_under_the_limit(bob, STAFF, subject)
+    tx = send(SUBMISSION, bob["mail"], [STAFF], raw, login=(bob["uid"], bob["password"]))
+    assert tx.data is not None and tx.data.code == 250, tx
+    mark = subject.split()[-1]
+    assert wait_for_copies(alice, mark, timeout=240) == 1, "not in alice's INBOX"
+    assert data in attachments_of(alice, subject)
+    deadline = time.monotonic() + 60
+    while remote_mx.find(mark) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert remote_mx.find(mark) is not None, "the outside member got nothing"
+
+
 def test_the_admins_trace_of_a_post_shows_each_members_delivery(deployed: dict[str, Any]) -> None:
     """`mailglue trace <Message-ID>`, typed as root as the README says, follows the post past
     Mailman: each member's copy by queue id, from Postfix's own log, with its delivery."""
