@@ -5,6 +5,7 @@ deliver on 25 from outside, look into a folder over IMAPS, and the outside world
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import smtplib
@@ -133,6 +134,22 @@ def with_attachment(who: dict[str, str], to: str, subject: str, data: bytes) -> 
     msg.set_content("the data set, as promised\n")
     msg.add_attachment(data, maintype="application", subtype="octet-stream", filename="data.bin")
     return msg.as_bytes(policy=SMTP)
+
+
+def just_under_the_size_limit(sender: str, to: str, subject: str) -> tuple[bytes, bytes]:
+    """(message, attached file) 1.5 to 2.5 KB under Postfix's message_size_limit: about as large
+    as the submission port takes (its Received line and our headers count too)."""
+    limit = int(
+        subprocess.run(
+            ["postconf", "-h", "message_size_limit"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    overhead = len(with_attachment({"mail": sender}, to, subject, b""))
+    size = (limit - overhead - 2000) * 3 // 4 * 76 // 78  # base64: 4/3, and CRLF per 76
+    data = os.urandom(size)
+    raw = with_attachment({"mail": sender}, to, subject, data)
+    assert limit - 2500 < len(raw) < limit - 1500, (limit, len(raw))
+    return raw, data
 
 
 def submit(

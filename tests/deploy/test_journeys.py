@@ -39,6 +39,7 @@ from tests.deploy.mailuser import (
     dkim_verifies,
     from_outside,
     in_folder,
+    just_under_the_size_limit,
     message,
     person,
     size_limit,
@@ -619,6 +620,26 @@ def test_filter_forwards_to_the_outside(
     assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
     # an outsider's From: has no key of ours: signed as the forwarder, with our domain's key
     assert dkim_verifies(forwarded), forwarded[:2000]
+
+
+def test_a_filter_forwards_mail_as_large_as_any_mail_may_be(
+    deployed: dict[str, Any], bob_filter: str, remote_mx: RemoteMx
+) -> None:
+    """The forwarded copy goes out through Postfix again (Cyrus hands it to sendmail), with one
+    more Received line than the mail that reached the mailbox: the largest mail we accept
+    must still be forwarded, not refused as too big with the member none the wiser."""
+    bob = person(deployed, "bob")
+    mark = token()
+    subject = f"forward-me the dataset {mark}"
+    raw, data = just_under_the_size_limit("boss@example.net", bob["mail"], subject)
+    assert_delivered(from_outside("boss@example.net", [bob["mail"]], subject, raw=raw))
+    assert in_folder(bob, mark) is not None
+    deadline = time.monotonic() + 60
+    while (forwarded := remote_mx.find(mark)) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert forwarded is not None, "the forwarded copy never reached the outside address"
+    assert b"X-Mail-Args: <boss@example.net>" in forwarded, forwarded[:1500]  # not a bounce
+    assert base64.b64encode(data)[:4096] in re.sub(rb"\s", b"", forwarded)
 
 
 def test_vacation_answers_once_per_sender(

@@ -31,6 +31,7 @@ from tests.deploy.mailuser import (
     attachments_of,
     dkim_verifies,
     from_outside,
+    just_under_the_size_limit,
     person,
     submit,
     token,
@@ -192,22 +193,6 @@ def test_a_members_post_with_slides_attached_reaches_the_members(deployed: dict[
     assert slides in attachments_of(alice, subject)
 
 
-def a_post_just_under_the_limit(who: dict[str, str], to: str, subject: str) -> tuple[bytes, bytes]:
-    """(message, attached file) 1.5–2.5 KB under Postfix's message_size_limit: about as large
-    as the submission port takes (its Received line and our headers count too)."""
-    limit = int(
-        subprocess.run(
-            ["postconf", "-h", "message_size_limit"], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    overhead = len(with_attachment(who, to, subject, b""))
-    size = (limit - overhead - 2000) * 3 // 4 * 76 // 78  # base64: 4/3, and CRLF per 76
-    data = os.urandom(size)
-    raw = with_attachment(who, to, subject, data)
-    assert limit - 2500 < len(raw) < limit - 1500, (limit, len(raw))
-    return raw, data
-
-
 def test_a_post_as_large_as_any_mail_may_be_reaches_the_members(
     deployed: dict[str, Any], remote_mx: RemoteMx
 ) -> None:
@@ -217,7 +202,7 @@ def test_a_post_as_large_as_any_mail_may_be_reaches_the_members(
     refused there, when the poster already has a 250."""
     alice, bob = person(deployed, "alice"), person(deployed, "bob")
     subject = f"dataset {token()}"
-    raw, data = a_post_just_under_the_limit(bob, STAFF, subject)
+    raw, data = just_under_the_size_limit(bob["mail"], STAFF, subject)
     tx = send(SUBMISSION, bob["mail"], [STAFF], raw, login=(bob["uid"], bob["password"]))
     assert tx.data is not None and tx.data.code == 250, tx
     mark = subject.split()[-1]
