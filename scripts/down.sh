@@ -4,7 +4,7 @@
 # postfix-mta-sts-resolver unit and php-fpm as php8.2-fpm.)
 set -euo pipefail
 
-programs=(postfix mta-sts-daemon postfix-mta-sts-resolver nginx mailman3-web mailman3 php-fpm php8.2-fpm opendkim opendkim-ed25519 fail2ban mailglue-policy mailglue-milter mailglue-learn mailglue-quota cyrus saslauthd clamd freshclam spamd slapd unbound rsyslog)
+programs=(postfix mta-sts-daemon postfix-mta-sts-resolver nginx mailman3-web mailman3 php-fpm php8.2-fpm opendkim opendkim-ed25519 fail2ban mailglue-policy mailglue-milter mailglue-learn mailglue-quota cyrus saslauthd clamd freshclam spamd slapd unbound cron rsyslog)
 
 # The resolver role pointed /etc/resolv.conf at unbound, which stops below: give the host back
 # the name servers it had before (apt needs them); `make up` points it at unbound again.

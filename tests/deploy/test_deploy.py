@@ -223,6 +223,24 @@ def test_a_member_sees_colleagues_names_and_addresses_in_ldap_and_nothing_more(
         ldap.initialize("ldap://127.0.0.1/").search_s(people, ldap.SCOPE_ONELEVEL, "(uid=*)")
 
 
+def test_debians_periodic_jobs_run(deployed: dict[str, Any]) -> None:
+    """Log rotation (cron.daily), Mailman's digests, HyperKitty's search index and Roundcube's
+    clean-up are Debian's cron jobs: the host must run cron, also where supervisor (not
+    systemd) runs the daemons. HyperKitty's minutely job is the one seen within a test."""
+    if not deployed["vars"].get("mail_lists_enabled"):
+        pytest.skip("no mailing lists deployed: no minutely job to see")
+    syslog = Path("/var/log/syslog")
+    seen = syslog.stat().st_size
+    deadline = time.monotonic() + 75
+    ran = False
+    while not ran and time.monotonic() < deadline:
+        time.sleep(2)
+        with syslog.open("rb") as log:
+            log.seek(seen)
+            ran = any(b"CRON[" in line and b"runjobs minutely" in line for line in log)
+    assert ran, "cron did not run Mailman-web's minutely job within 75 s"
+
+
 def test_learnspam_takes_append_but_refuses_reading(deployed: dict[str, Any]) -> None:
     bob = user(deployed, 1)
     folder = deployed["vars"].get("cyrus_learnspam_folder", "LearnSpam")
