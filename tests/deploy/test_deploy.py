@@ -14,6 +14,7 @@ import imaplib
 import json
 import re
 import smtplib
+import socket
 import subprocess
 import time
 import uuid
@@ -131,6 +132,22 @@ def test_submission_refuses_auth_without_tls(deployed: dict[str, Any]) -> None:
         assert not smtp.has_extn("auth"), "AUTH offered before STARTTLS"
         code, text = smtp.docmd("AUTH", f"PLAIN {token}")
     assert code in (503, 530, 538), text
+
+
+def test_managesieve_offers_and_takes_no_password_before_starttls(deployed: dict[str, Any]) -> None:
+    """A filter editor set to "no encryption" must fail to log in rather than send the
+    password in clear and succeed (port 4190)."""
+    alice = user(deployed, 0)
+    with socket.create_connection(("127.0.0.1", 4190), timeout=10) as plain:
+        reader = plain.makefile("rb")
+        greeting = []
+        while not (line := reader.readline()).startswith((b"OK", b"NO", b"BYE")):
+            greeting.append(line)
+        assert b'"STARTTLS"\r\n' in greeting, greeting
+        assert b'"SASL" ""\r\n' in greeting, greeting  # no mechanism offered in clear
+        token = base64.b64encode(f"\0{alice['uid']}\0{alice['password']}".encode()).decode()
+        plain.sendall(f'AUTHENTICATE "PLAIN" "{token}"\r\n'.encode())
+        assert reader.readline().startswith(b"NO"), "a login in clear was accepted"
 
 
 def test_submission_accepts_auth_with_tls(deployed: dict[str, Any]) -> None:
