@@ -30,6 +30,7 @@ from selenium.webdriver.support import expected_conditions as ec
 
 from tests.deploy.browser import BASE, logged_in, open_page, shown_error, wait
 from tests.deploy.mailuser import (
+    MX,
     OUTSIDE,
     SUBMISSION,
     RemoteMx,
@@ -159,19 +160,25 @@ def test_a_large_attachment_within_the_limit_arrives_intact(deployed: dict[str, 
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["size-declared", "size-not-declared"])
+@pytest.mark.parametrize("outside", [False, True], ids=["member-on-587", "outside-on-25"])
 def test_a_message_over_the_limit_is_refused_with_552_and_never_delivered(
-    deployed: dict[str, Any], declared: bool
+    deployed: dict[str, Any], declared: bool, outside: bool
 ) -> None:
     """A client that declares the size (Thunderbird does) hears 552 at MAIL FROM; one that does
-    not sends it all and hears 552 after DATA. Either way nothing reaches the mailbox."""
+    not sends it all and hears 552 after DATA. Either way nothing reaches the mailbox: from a
+    member on 587 as from another domain's server on 25 (which then tells its sender)."""
     alice, bob = person(deployed, "alice"), person(deployed, "bob")
     limit = size_limit()
     subject = f"too big {token()}"
-    raw = with_attachment(alice, bob["mail"], subject, os.urandom(limit * 8 // 10))
+    sender = "colleague@example.net" if outside else alice["mail"]
+    raw = with_attachment({"mail": sender}, bob["mail"], subject, os.urandom(limit * 8 // 10))
     assert len(raw) > limit
-    login = (alice["uid"], alice["password"])
     options = [f"SIZE={len(raw)}"] if declared else []
-    tx = send(SUBMISSION, alice["mail"], [bob["mail"]], raw, login=login, mail_options=options)
+    if outside:
+        tx = send(MX, sender, [bob["mail"]], raw, starttls=True, mail_options=options)
+    else:
+        login = (alice["uid"], alice["password"])
+        tx = send(SUBMISSION, sender, [bob["mail"]], raw, login=login, mail_options=options)
     refusal = tx.mail if declared else tx.data
     assert refusal is not None and refusal.code == 552 and refusal.enhanced == "5.3.4", tx
     assert in_folder(bob, subject, timeout=5) is None, "delivered although refused"
