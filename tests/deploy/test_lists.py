@@ -139,6 +139,35 @@ def test_the_archive_is_for_the_lists_members(deployed: dict[str, Any], browser:
     assert mark not in refused.value.read().decode("utf-8", "replace")
 
 
+def test_a_colleague_not_on_the_list_cannot_read_its_archive(
+    deployed: dict[str, Any], browser: WebDriver, newcomer: dict[str, str]
+) -> None:
+    """Logging in with a department password is not enough: the archive is for the list's
+    members, so a colleague who is not on staff sees neither the posts nor the thread list."""
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    mark = token()
+    tx = submit(bob, [STAFF], f"salaries {mark}", "The salary review, confidential.\n")
+    assert tx.data is not None and tx.data.code == 250, tx
+    assert wait_for_copies(alice, mark) == 1
+    lists_login(browser, alice)  # the post is in the archive: a member sees it
+    deadline = time.monotonic() + 90
+    while True:
+        browser.get(f"{WEB}/hyperkitty/list/{STAFF}/latest")
+        if mark in browser.page_source:
+            break
+        assert time.monotonic() < deadline, browser.page_source[-2000:]
+        time.sleep(2)
+    browser.delete_all_cookies()
+    lists_login(browser, newcomer)
+    browser.get(f"{WEB}/hyperkitty/")  # logged in: the index greets them, as any member
+    assert newcomer["uid"] in browser.page_source, browser.page_source[-2000:]
+    browser.get(f"{WEB}/hyperkitty/list/{STAFF}/latest")
+    assert mark not in browser.page_source
+    assert "budget" not in browser.page_source and "salaries" not in browser.page_source
+    browser.get(f"{WEB}/hyperkitty/search?q={mark}&mlist={STAFF}")
+    assert mark not in browser.page_source.replace(f"q={mark}", "").replace(f'value="{mark}"', "")
+
+
 def status_of(path: str) -> int:
     """The HTTP status a stranger (no login) gets for a list page."""
     try:
