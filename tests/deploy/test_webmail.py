@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -623,6 +624,73 @@ def test_wrong_password_is_refused_clearly_and_throttled(
             messages.append(browser.find_element(By.TAG_NAME, "body").text[:200])
     assert "Login failed" in messages[0], messages
     assert any("Too many" in m or "too many" in m for m in messages[1:]), messages
+
+
+def webmail_login_from(source: str, user: str, password: str) -> int | None:
+    """A login through the web form as a script would post it, from `source` (a loopback
+    address other than 127.0.0.1, which fail2ban ignores): the HTTP status, or None when
+    the connection is refused or dropped (banned)."""
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", 443, context=tls_context(), timeout=5, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", "/", headers={"Host": "localhost"})
+        page = connection.getresponse()
+        body = page.read().decode("utf-8", "replace")
+        cookies = "; ".join(
+            v.split(";")[0] for k, v in page.getheaders() if k.lower() == "set-cookie"
+        )
+        found = re.search(r'name="_token" value="([^"]+)"', body)
+        assert found, body[-1000:]
+        form = urllib.parse.urlencode(
+            {
+                "_token": found.group(1),
+                "_task": "login",
+                "_action": "login",
+                "_user": user,
+                "_pass": password,
+                "_timezone": "UTC",
+                "_url": "",
+            }
+        )
+        headers = {
+            "Host": "localhost",
+            "Cookie": cookies,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        connection.request("POST", "/?_task=login", body=form, headers=headers)
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def test_webmail_password_guessing_is_banned_by_fail2ban(deployed: dict[str, Any]) -> None:
+    """Roundcube itself lets an address try 3 passwords a minute (webmail_login_rate_limit);
+    fail2ban's roundcube-auth jail bans it once 5 failures are logged within its findtime,
+    so a guesser is shut out within about two minutes, at every port the jail guards."""
+    alice = person(deployed, "alice")
+    guesser = "127.0.0.81"
+    try:
+        deadline = time.monotonic() + 200
+        answers = []
+        while (answer := webmail_login_from(guesser, alice["uid"], "guess")) is not None:
+            answers.append(answer)
+            assert answer != 302, "a wrong password logged in"
+            assert time.monotonic() < deadline, f"never banned: {answers}"
+            time.sleep(4)
+        status = subprocess.run(
+            ["fail2ban-client", "status", "roundcube-auth"], capture_output=True, text=True
+        ).stdout
+        assert guesser in status, status
+        # the member, from elsewhere, logs in as usual
+        assert imap_accepts(alice["uid"], alice["password"])
+        assert webmail_login_from("127.0.0.82", alice["uid"], alice["password"]) == 302
+    finally:
+        subprocess.run(["fail2ban-client", "set", "roundcube-auth", "unbanip", guesser])
 
 
 # --- mail clients configure themselves -----------------------------------------------------------
