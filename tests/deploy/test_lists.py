@@ -168,6 +168,49 @@ def test_a_colleague_not_on_the_list_cannot_read_its_archive(
     assert mark not in browser.page_source.replace(f"q={mark}", "").replace(f'value="{mark}"', "")
 
 
+def mailman(*args: str) -> str:
+    """Mailman's own command line, as the admin runs it."""
+    done = subprocess.run(
+        ["runuser", "-u", "list", "--", "mailman", "-C", "/etc/mailman3/mailman.cfg", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_a_colleague_joins_a_list_in_postorius_gets_its_posts_and_leaves_again(
+    deployed: dict[str, Any], browser: WebDriver, newcomer: dict[str, str]
+) -> None:
+    """The README's promise to members: log in to the list pages with the department login
+    to join or leave a list, no admin needed."""
+    bob = person(deployed, "bob")
+    form = "form[action$='/lists/staff.example.org/{}'] button[type=submit]"
+    try:
+        lists_login(browser, newcomer)
+        browser.get(f"{WEB}/postorius/lists/staff.example.org/")
+        browser.find_element(By.CSS_SELECTOR, form.format("subscribe")).click()
+        wait(browser, ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "You are subscribed"))
+        joined = f"welcome aboard {token()}"
+        tx = submit(bob, [STAFF], joined, "Glad to have you.\n")
+        assert tx.data is not None and tx.data.code == 250, tx
+        assert wait_for_copies(newcomer, joined.split()[-1]) == 1, "the new member got no copy"
+
+        browser.get(f"{WEB}/postorius/lists/staff.example.org/")
+        browser.find_element(By.CSS_SELECTOR, form.format("unsubscribe/")).click()
+        wait(browser, ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "unsubscribed"))
+        assert newcomer["mail"] not in mailman("members", STAFF)
+        left = f"after you left {token()}"
+        tx = submit(bob, [STAFF], left, "Bye.\n")
+        assert tx.data is not None and tx.data.code == 250, tx
+        assert wait_for_copies(bob, left.split()[-1]) == 1  # the post went out
+        assert copies(newcomer, left.split()[-1]) == 0, "a member who left still gets posts"
+    finally:
+        if newcomer["mail"] in mailman("members", STAFF):
+            mailman("delmembers", "-l", STAFF, "-m", newcomer["mail"])
+
+
 def status_of(path: str) -> int:
     """The HTTP status a stranger (no login) gets for a list page."""
     try:
