@@ -367,6 +367,23 @@ def test_list_addresses_are_known_and_typos_are_refused_at_rcpt(deployed: dict[s
     assert typo.rcpt["stafff@example.org"].code == 550, typo
 
 
+def test_a_list_made_or_removed_outside_the_playbook_is_known_at_once(
+    deployed: dict[str, Any],
+) -> None:
+    """An owner's new list (Postorius, or `mailman create`) takes mail at once, no playbook
+    run; once removed, its address is refused again like any typo."""
+    name = f"reading-{token()}@example.org"
+    probe = f"probe {token()}"
+    try:
+        mailman("create", name)
+        tx = from_outside("someone@example.net", [name], probe)
+        assert tx.rcpt[name].code == 250, tx
+    finally:
+        mailman("remove", name)
+    gone = from_outside("someone@example.net", [name], probe)
+    assert gone.rcpt[name].code == 550, gone
+
+
 def test_a_non_members_post_is_held_not_bounced(deployed: dict[str, Any]) -> None:
     bob = person(deployed, "bob")
     mark = token()
