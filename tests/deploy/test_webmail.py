@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -518,6 +519,43 @@ def test_webmail_keeps_its_data_in_postgresql_when_told_to(
         assert back.returncode == 0, back.stdout[-3000:]
     browser.delete_all_cookies()
     logged_in(browser, alice["uid"], alice["password"])  # and SQLite works again
+
+
+ROUNDCUBE_SQLITE = Path("/var/lib/dbconfig-common/sqlite3/roundcube/roundcube")
+
+
+def test_a_member_sends_as_an_alias_they_belong_to_from_a_new_identity(
+    deployed: dict[str, Any], browser: WebDriver
+) -> None:
+    """Settings → Identities: alice adds postmaster@ (an alias she is in) and sends from it;
+    bob gets it from postmaster@, and the server took it as hers (no "not owned" refusal)."""
+    if deployed["vars"].get("webmail_database", "sqlite") != "sqlite":
+        pytest.skip("the clean-up below reads Roundcube's SQLite database")
+    alice, bob = person(deployed, "alice"), person(deployed, "bob")
+    alias = "postmaster@example.org"
+    try:
+        logged_in(browser, alice["uid"], alice["password"])
+        open_page(browser, f"{BASE}/?_task=settings&_action=add-identity")
+        browser.find_element(By.ID, "rcmfd_name").send_keys("Postmaster")
+        browser.find_element(By.ID, "rcmfd_email").send_keys(alias)
+        save_form(browser)
+        wait(
+            browser,
+            lambda d: "save-identity" in d.current_url or "_action=add" not in d.current_url,
+        )
+        open_page(browser, f"{BASE}/?_task=settings&_action=identities")
+        wait(browser, ec.text_to_be_present_in_element((By.ID, "identities-table"), alias))
+        subject = f"from the postmaster {token()}"
+        compose(browser, [bob["mail"]], subject, "The server restarts tonight.")
+        Select(browser.find_element(By.ID, "_from")).select_by_visible_text(f"Postmaster <{alias}>")
+        error = send_composed(browser)
+        assert error is None, f"Roundcube did not send it: {error}"
+        got = in_folder(bob, subject)
+        assert got is not None, "not in bob's INBOX"
+        assert re.search(rb"(?mi)^From: Postmaster <postmaster@example\.org>", got), got[:1500]
+    finally:
+        with sqlite3.connect(ROUNDCUBE_SQLITE) as db:
+            db.execute("UPDATE identities SET del = 1 WHERE email = ?", (alias,))
 
 
 # --- password -------------------------------------------------------------------------------------
