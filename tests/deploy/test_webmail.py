@@ -415,6 +415,38 @@ def test_filter_forward_and_vacation_from_settings(
     assert remote_mx.all_containing(spammer) == [], "tagged spam was answered"
 
 
+def test_a_redirect_filter_forwards_without_keeping_a_copy(
+    deployed: dict[str, Any],
+    browser: WebDriver,
+    remote_mx: RemoteMx,
+    bob_settings_restored: None,
+) -> None:
+    """*Redirect message to* (unlike *Send message copy to*) keeps no copy: the mail is at
+    the other address and not in the INBOX."""
+    bob = person(deployed, "bob")
+    mark = token()
+    logged_in(browser, bob["uid"], bob["password"])
+    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
+    create = (By.XPATH, "//a[contains(@onclick, \"'plugin.managesieve-add'\")]")
+    wait(browser, ec.element_to_be_clickable(create)).click()
+    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
+    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"away {mark}")
+    choose_all_messages(browser)
+    Select(browser.find_element(By.ID, "action_type0")).select_by_value("redirect")
+    browser.find_element(By.ID, "action_target0").send_keys(OUTSIDE)
+    save_form(browser)
+    browser.switch_to.default_content()
+    script = wait_for_script(bob, OUTSIDE)
+    assert ":copy" not in script.split(f"away {mark}")[-1], script
+    subject = f"moved on {mark}"
+    assert_delivered(from_outside("boss@example.net", [bob["mail"]], subject))
+    deadline = time.monotonic() + 60
+    while (forwarded := remote_mx.find(subject)) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
+    assert in_folder(bob, subject, timeout=3) is None, "a copy stayed in the INBOX"
+
+
 def choose_all_messages(driver: WebDriver) -> None:
     """The filter form's "all messages" choice: a select in compact skins, a radio elsewhere."""
     join = driver.find_element(By.NAME, "_join")
