@@ -517,11 +517,16 @@ def test_smtp_password_guessing_is_stopped_and_others_unaffected(deployed: dict[
         subprocess.run(["fail2ban-client", "set", "postfix-sasl", "unbanip", guesser], check=False)
 
 
+@pytest.mark.parametrize("rotated", [False, True], ids=["as-deployed", "after-log-rotation"])
 def test_imap_password_guessing_is_banned_and_the_ban_lifts_itself(
-    deployed: dict[str, Any],
+    deployed: dict[str, Any], rotated: bool
 ) -> None:
+    """Also after the weekly rotation of mail.log, which fail2ban reads where supervisor runs
+    rsyslogd: rsyslogd must then write to the new file, not on into the rotated one."""
     alice = person(deployed, "alice")
     guesser = "127.0.0.79"
+    if rotated:
+        subprocess.run(["logrotate", "-f", "/etc/logrotate.d/rsyslog"], check=True, timeout=60)
     bantime = fail2ban("get", "cyrus-imap", "bantime")
     fail2ban(
         "set", "cyrus-imap", "bantime", "15"
