@@ -17,7 +17,9 @@ import smtplib
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from tests.deploy.stack import (
     user,
 )
 from tests.harness.process import free_port
+from tests.harness.smtp import tls_context
 
 pytestmark = DEPLOY_MARKS
 
@@ -63,6 +66,47 @@ def test_eicar_is_rejected_with_554(deployed: dict[str, Any]) -> None:
     code, text = smoke.send(msg)
     assert code == 554, text
     assert "virus" in text.lower()
+
+
+def _virus_from_outside(deployed: dict[str, Any]) -> None:
+    msg = smoke.message("sender@example.net", user(deployed, 0)["mail"], "rotated", EICAR + "\n")
+    assert smoke.send(msg)[0] == 554
+
+
+def _web_page(deployed: dict[str, Any]) -> None:
+    urllib.request.urlopen("https://localhost/", context=tls_context(), timeout=30).read()
+
+
+def _imap_login(deployed: dict[str, Any]) -> None:
+    alice = user(deployed, 0)
+    with smoke.imap_login(alice["uid"], alice["password"]):
+        pass
+
+
+@pytest.mark.parametrize(
+    "rotation, log, activity",
+    [
+        ("clamav-daemon", "/var/log/clamav/clamav.log", _virus_from_outside),
+        ("nginx", "/var/log/nginx/access.log", _web_page),
+        ("rsyslog", "/var/log/mail.log", _imap_login),
+    ],
+    ids=["clamd", "nginx", "rsyslog"],
+)
+def test_a_daemon_writes_to_its_new_log_after_rotation(
+    deployed: dict[str, Any], rotation: str, log: str, activity: Callable[[dict[str, Any]], None]
+) -> None:
+    """cron rotates the logs (logrotate): each daemon must then write into the new file, not
+    on into the rotated one, where an admin (and fail2ban) would no longer look."""
+    rules = Path("/etc/logrotate.d") / rotation
+    if not rules.exists():
+        pytest.skip(f"{rules} is not deployed here")
+    subprocess.run(["logrotate", "-f", str(rules)], check=True, timeout=60)
+    time.sleep(1)  # the daemon's signal
+    activity(deployed)
+    deadline = time.monotonic() + 20
+    while Path(log).stat().st_size == 0:
+        assert time.monotonic() < deadline, f"nothing written to {log} after its rotation"
+        time.sleep(0.5)
 
 
 def test_unknown_recipient_is_refused_at_rcpt(deployed: dict[str, Any]) -> None:
