@@ -54,6 +54,7 @@ from tests.deploy.stack import (
     EICAR,
     ldap_as_root,
     member_dn,
+    run_playbook,
     run_service_pass,
     smoke,
 )
@@ -101,6 +102,51 @@ def test_outgoing_mail_carries_an_rsa_and_an_ed25519_signature(
         "mail a=rsa-sha256": True,
         f"{ed_selector} a=ed25519-sha256": True,
     }
+
+
+def _signatures_of_mail_out(deployed: dict[str, Any], remote_mx: RemoteMx) -> dict[str, bool]:
+    subject = f"signed {token()}"
+    assert_delivered(submit(person(deployed, "alice"), [OUTSIDE], subject))
+    received = remote_mx.find(subject)
+    assert received is not None, "not at the remote MX"
+    return {k: v for k, v in dkim_signatures(received).items() if "rsa" in k}
+
+
+def _dns_records() -> str:
+    shown = subprocess.run(
+        ["/opt/mailglue/venv/bin/mailglue", "dns"], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_a_dkim_key_rotation_publishes_the_new_key_before_signing_with_it(
+    deployed: dict[str, Any], remote_mx: RemoteMx
+) -> None:
+    """The README's two runs: the next selector's key is made and printed while mail is still
+    signed with the old one (receivers can verify both during the change), then signing
+    switches to it."""
+    nxt = f"next{token()[:6]}"
+    keys = Path("/etc/opendkim/keys/example.org")
+    try:
+        run = run_playbook("--tags", "dkim,mailglue", "-e", f"mail_dkim_next_selector={nxt}")
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert (keys / f"{nxt}.private").exists()
+        records = _dns_records()
+        assert f"{nxt}._domainkey.example.org." in records, records
+        assert "mail._domainkey.example.org." in records, records
+        assert _signatures_of_mail_out(deployed, remote_mx) == {"mail a=rsa-sha256": True}
+
+        run = run_playbook("--tags", "dkim,mailglue", "-e", f"mail_dkim_selector={nxt}")
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert _signatures_of_mail_out(deployed, remote_mx) == {f"{nxt} a=rsa-sha256": True}
+        assert f"{nxt}._domainkey.example.org." in _dns_records()
+    finally:
+        run = run_playbook("--tags", "dkim,mailglue")
+        for leftover in keys.glob(f"{nxt}.*"):
+            leftover.unlink()
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert _signatures_of_mail_out(deployed, remote_mx) == {"mail a=rsa-sha256": True}
 
 
 def test_member_sends_to_a_colleague_and_the_outside(
