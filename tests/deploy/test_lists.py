@@ -117,6 +117,17 @@ def test_a_members_post_reaches_every_member_once_and_the_archive(
     assert "spam" in event and not event["spam"].get("cached"), event
 
 
+def wait_until_archived(browser: WebDriver, mailing_list: str, mark: str) -> None:
+    """Until the list's latest posts, as the logged-in browser sees them, show `mark`."""
+    deadline = time.monotonic() + 90
+    while True:
+        browser.get(f"{WEB}/hyperkitty/list/{mailing_list}/latest")
+        if mark in browser.page_source:
+            return
+        assert time.monotonic() < deadline, browser.page_source[-2000:]
+        time.sleep(2)
+
+
 def test_the_archive_is_for_the_lists_members(deployed: dict[str, Any], browser: WebDriver) -> None:
     """A member logged in with their department password reads staff's archive; a stranger
     on the web gets the login page, not the posts."""
@@ -126,13 +137,7 @@ def test_the_archive_is_for_the_lists_members(deployed: dict[str, Any], browser:
     assert tx.data is not None and tx.data.code == 250, tx
     assert wait_for_copies(alice, mark) == 1
     lists_login(browser, alice)
-    deadline = time.monotonic() + 90
-    while True:
-        browser.get(f"{WEB}/hyperkitty/list/{STAFF}/latest")
-        if mark in browser.page_source:
-            break
-        assert time.monotonic() < deadline, browser.page_source[-2000:]
-        time.sleep(2)
+    wait_until_archived(browser, STAFF, mark)
     with pytest.raises(urllib.error.HTTPError) as refused:
         page(f"/hyperkitty/list/{STAFF}/latest")
     assert refused.value.code == 403
@@ -150,13 +155,7 @@ def test_a_colleague_not_on_the_list_cannot_read_its_archive(
     assert tx.data is not None and tx.data.code == 250, tx
     assert wait_for_copies(alice, mark) == 1
     lists_login(browser, alice)  # the post is in the archive: a member sees it
-    deadline = time.monotonic() + 90
-    while True:
-        browser.get(f"{WEB}/hyperkitty/list/{STAFF}/latest")
-        if mark in browser.page_source:
-            break
-        assert time.monotonic() < deadline, browser.page_source[-2000:]
-        time.sleep(2)
+    wait_until_archived(browser, STAFF, mark)
     browser.delete_all_cookies()
     lists_login(browser, newcomer)
     browser.get(f"{WEB}/hyperkitty/")  # logged in: the index greets them, as any member

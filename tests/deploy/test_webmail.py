@@ -341,12 +341,8 @@ def test_filter_forward_and_vacation_from_settings(
     mark = token()
     logged_in(browser, bob["uid"], bob["password"])
 
-    # a filter: Subject contains X -> folder Y (Settings > Filters > Create: a form in a frame)
-    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
-    create = (By.XPATH, "//a[contains(@onclick, \"'plugin.managesieve-add'\")]")
-    wait(browser, ec.element_to_be_clickable(create)).click()
-    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
-    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"reports {mark}")
+    # a filter: Subject contains X -> folder Y
+    new_filter_form(browser, f"reports {mark}")
     Select(browser.find_element(By.ID, "header0")).select_by_value("subject")
     Select(browser.find_element(By.ID, "rule_op0")).select_by_value("contains")
     browser.find_element(By.NAME, "_rule_target[0][]").send_keys(f"report-{mark}")
@@ -362,16 +358,7 @@ def test_filter_forward_and_vacation_from_settings(
     browser.save_screenshot(str(SCREENSHOTS / "filters.png"))
 
     # forwarding: a filter for all messages that sends a copy to the outside
-    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
-    wait(browser, ec.element_to_be_clickable(create)).click()
-    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
-    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"fwd {mark}")
-    choose_all_messages(browser)
-    Select(browser.find_element(By.ID, "action_type0")).select_by_value("redirect_copy")
-    browser.find_element(By.ID, "action_target0").send_keys(OUTSIDE)
-    save_form(browser)
-    browser.switch_to.default_content()
-    wait_for_script(bob, OUTSIDE)
+    forward_everything(browser, bob, f"fwd {mark}", "redirect_copy")
 
     # vacation
     browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve-vacation")
@@ -426,17 +413,7 @@ def test_a_redirect_filter_forwards_without_keeping_a_copy(
     bob = person(deployed, "bob")
     mark = token()
     logged_in(browser, bob["uid"], bob["password"])
-    browser.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
-    create = (By.XPATH, "//a[contains(@onclick, \"'plugin.managesieve-add'\")]")
-    wait(browser, ec.element_to_be_clickable(create)).click()
-    wait(browser, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
-    wait(browser, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(f"away {mark}")
-    choose_all_messages(browser)
-    Select(browser.find_element(By.ID, "action_type0")).select_by_value("redirect")
-    browser.find_element(By.ID, "action_target0").send_keys(OUTSIDE)
-    save_form(browser)
-    browser.switch_to.default_content()
-    script = wait_for_script(bob, OUTSIDE)
+    script = forward_everything(browser, bob, f"away {mark}", "redirect")
     assert ":copy" not in script.split(f"away {mark}")[-1], script
     subject = f"moved on {mark}"
     assert_delivered(from_outside("boss@example.net", [bob["mail"]], subject))
@@ -445,6 +422,27 @@ def test_a_redirect_filter_forwards_without_keeping_a_copy(
         time.sleep(1)
     assert forwarded is not None and f"X-Rcpt-Args: <{OUTSIDE}>".encode() in forwarded
     assert in_folder(bob, subject, timeout=3) is None, "a copy stayed in the INBOX"
+
+
+def new_filter_form(driver: WebDriver, name: str) -> None:
+    """Settings → Filters → Create: the form opens in a frame, which stays selected."""
+    driver.get(f"{BASE}/?_task=settings&_action=plugin.managesieve")
+    create = (By.XPATH, "//a[contains(@onclick, \"'plugin.managesieve-add'\")]")
+    wait(driver, ec.element_to_be_clickable(create)).click()
+    wait(driver, ec.frame_to_be_available_and_switch_to_it((By.ID, "filter-box")))
+    wait(driver, ec.visibility_of_element_located((By.ID, "_name"))).send_keys(name)
+
+
+def forward_everything(driver: WebDriver, who: dict[str, str], name: str, action: str) -> str:
+    """A filter for all messages with `action` (redirect, or redirect_copy: *Send message copy
+    to*) to the outside address; the member's active script once Cyrus has it."""
+    new_filter_form(driver, name)
+    choose_all_messages(driver)
+    Select(driver.find_element(By.ID, "action_type0")).select_by_value(action)
+    driver.find_element(By.ID, "action_target0").send_keys(OUTSIDE)
+    save_form(driver)
+    driver.switch_to.default_content()
+    return wait_for_script(who, OUTSIDE)
 
 
 def choose_all_messages(driver: WebDriver) -> None:
