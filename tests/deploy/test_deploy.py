@@ -136,6 +136,7 @@ def scanned_and_checked(deployed: dict[str, Any]) -> dict[str, object]:
     }
 
 
+@pytest.mark.playbook
 def test_moving_the_milter_and_the_policy_service_keeps_mail_flowing(
     deployed: dict[str, Any],
 ) -> None:
@@ -214,6 +215,7 @@ def test_submission_refuses_a_wrong_password(deployed: dict[str, Any]) -> None:
             smtp.login(alice["uid"], "not-the-password")
 
 
+@pytest.mark.playbook
 def test_the_playbook_refuses_a_member_whose_address_is_not_their_login(
     deployed: dict[str, Any],
 ) -> None:
@@ -229,6 +231,7 @@ def test_the_playbook_refuses_a_member_whose_address_is_not_their_login(
     assert "ldap_aliases" in run.stdout
 
 
+@pytest.mark.playbook
 def test_the_playbook_refuses_webmail_that_would_send_passwords_in_clear(
     deployed: dict[str, Any],
 ) -> None:
@@ -241,6 +244,7 @@ def test_the_playbook_refuses_webmail_that_would_send_passwords_in_clear(
     assert said in run.stdout, run.stdout[-3000:]
 
 
+@pytest.mark.playbook
 def test_the_playbook_refuses_webmail_on_a_host_without_imap(
     deployed: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def _dns_records() -> str:
     return shown.stdout
 
 
+@pytest.mark.playbook
 def test_a_dkim_key_rotation_publishes_the_new_key_before_signing_with_it(
     deployed: dict[str, Any], remote_mx: RemoteMx
 ) -> None:

@@ -219,6 +219,7 @@ def status_of(path: str) -> int:
     return 200
 
 
+@pytest.mark.playbook
 def test_an_archive_made_public_or_private_is_so_as_soon_as_the_playbook_ends(
     deployed: dict[str, Any],
 ) -> None:

@@ -523,6 +523,7 @@ def pg_users() -> list[str]:
     return users
 
 
+@pytest.mark.playbook
 def test_webmail_keeps_its_data_in_postgresql_when_told_to(
     deployed: dict[str, Any], browser: WebDriver, postgres: int
 ) -> None:
@@ -639,6 +640,7 @@ def test_password_change_takes_effect_everywhere(
     assert imap_accepts(bob["uid"], old)
 
 
+@pytest.mark.playbook
 def test_a_password_changed_in_webmail_survives_the_next_playbook_run(
     deployed: dict[str, Any], browser: WebDriver
 ) -> None:
